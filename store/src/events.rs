@@ -1,0 +1,139 @@
+//! The append-only event log behind `GET /api/events`.
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{Event, NewEvent};
+use crate::{Result, Store, StoreError, begin_write, db};
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    id: i64,
+    kind: String,
+    data: String,
+    created_at: DateTime<Utc>,
+}
+
+impl EventRow {
+    fn into_event(self) -> Result<Event> {
+        Ok(Event {
+            id: self.id,
+            kind: self.kind,
+            data: serde_json::from_str(&self.data)
+                .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", self.id)))?,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// Appends `$events` for `$user` inside the open transaction `$tx`, returning them with their
+/// ids. Must be the last write of the transaction: on PostgreSQL it takes the `event_seq`
+/// row lock, which serialises appenders until they commit (so ids follow commit order).
+macro_rules! insert_events {
+    ($tx:expr, $pg:expr, $user:expr, $events:expr) => {{
+        let events: &[$crate::model::NewEvent] = $events;
+        let user: &str = $user;
+        let created_at = $crate::now();
+        let mut appended = Vec::with_capacity(events.len());
+        if !events.is_empty() {
+            let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+            let mut next_id: Option<i64> = if $pg {
+                let last: i64 = sqlx::query_scalar(
+                    "UPDATE event_seq SET last_id = last_id + $1 RETURNING last_id",
+                )
+                .bind(count)
+                .fetch_one(&mut *$tx)
+                .await?;
+                Some(last - count + 1)
+            } else {
+                None
+            };
+            for event in events {
+                let data = event.data.to_string();
+                let id: i64 = match next_id {
+                    Some(id) => {
+                        sqlx::query(
+                            "INSERT INTO events (id, user_id, kind, data, created_at) \
+                             VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(id)
+                        .bind(user)
+                        .bind(event.kind)
+                        .bind(&data)
+                        .bind(created_at)
+                        .execute(&mut *$tx)
+                        .await?;
+                        next_id = Some(id + 1);
+                        id
+                    }
+                    None => {
+                        sqlx::query_scalar(
+                            "INSERT INTO events (user_id, kind, data, created_at) \
+                             VALUES ($1, $2, $3, $4) RETURNING id",
+                        )
+                        .bind(user)
+                        .bind(event.kind)
+                        .bind(&data)
+                        .bind(created_at)
+                        .fetch_one(&mut *$tx)
+                        .await?
+                    }
+                };
+                appended.push($crate::model::Event {
+                    id,
+                    kind: event.kind.to_string(),
+                    data: event.data.clone(),
+                    created_at,
+                });
+            }
+            if $pg {
+                sqlx::query("SELECT pg_notify('mainloop_events', '')")
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+        }
+        appended
+    }};
+}
+pub(crate) use insert_events;
+
+impl Store {
+    /// Appends events on their own.
+    pub async fn append_events(&self, user: &str, events: &[NewEvent]) -> Result<Vec<Event>> {
+        let appended = db!(self, |pool, pg| {
+            let mut tx = begin_write!(pool, pg)?;
+            let appended = insert_events!(tx, pg, user, events);
+            tx.commit().await?;
+            appended
+        });
+        self.wake_events();
+        Ok(appended)
+    }
+
+    /// The user's events with an id above `after`, oldest first.
+    pub async fn events_after(&self, user: &str, after: i64, limit: i64) -> Result<Vec<Event>> {
+        let rows: Vec<EventRow> = db!(self, |pool, pg| {
+            sqlx::query_as(
+                "SELECT id, kind, data, created_at FROM events \
+                 WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            )
+            .bind(user)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    /// The id of the newest committed event (0 if none). Every change described by an event
+    /// up to this id is visible to queries issued after this call, so a client that loads
+    /// state and then follows events from here misses nothing.
+    pub async fn last_event_id(&self) -> Result<i64> {
+        let id: Option<i64> = db!(self, |pool, pg| {
+            sqlx::query_scalar("SELECT MAX(id) FROM events")
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(id.unwrap_or(0))
+    }
+}

@@ -1,0 +1,620 @@
+//! One suite, two backends: every test runs against a SQLite file and against a real
+//! PostgreSQL server started for it.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use mainloop_store::{
+    Decision, MessageKind, MessageStatus, NewEvent, NewProposal, ProposalStatus, Role, Store,
+    StoreError, Usage, event_kind,
+};
+use mainloop_testkit::postgres::PgServer;
+
+/// A store and whatever keeps its database alive.
+struct Fixture {
+    store: Store,
+    _pg: Option<PgServer>,
+    _dir: tempfile::TempDir,
+}
+
+async fn sqlite() -> Result<Fixture> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = Store::connect(&url).await?;
+    store.migrate().await?;
+    Ok(Fixture {
+        store,
+        _pg: None,
+        _dir: dir,
+    })
+}
+
+async fn postgres() -> Result<Fixture> {
+    let pg = PgServer::start().await?;
+    let url = pg.create_database("mainloop").await?;
+    let store = Store::connect(&url).await?;
+    store.migrate().await?;
+    Ok(Fixture {
+        store,
+        _pg: Some(pg),
+        _dir: tempfile::tempdir()?,
+    })
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() -> anyhow::Result<()> {
+                    let fixture = super::sqlite().await?;
+                    super::$name(&fixture.store).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() -> anyhow::Result<()> {
+                    let fixture = super::postgres().await?;
+                    super::$name(&fixture.store).await
+                }
+            }
+        )*
+    };
+}
+
+on_both!(
+    accepting_a_message_stores_it_with_its_event_and_signal,
+    an_idempotency_key_stores_one_message,
+    racing_duplicates_store_one_message,
+    messages_page_backwards_oldest_first,
+    a_reply_is_created_once_and_completed_once,
+    failing_a_turn_leaves_a_visible_error,
+    turn_context_puts_replies_after_their_messages,
+    events_are_per_user_and_ordered,
+    concurrent_appends_are_seen_in_id_order_without_gaps,
+    proposals_are_stored_once_and_decided_once,
+    outbox_claims_in_order_and_respects_leases,
+    outbox_keeps_order_within_a_workflow_across_retries,
+    compaction_folds_each_message_once,
+    migrations_are_idempotent,
+);
+
+const WF: &str = "main-thread/alice";
+
+/// Waits for a wake-up. A lagged receiver was woken too: it only means "look again".
+async fn woken(wake: &mut tokio::sync::broadcast::Receiver<()>) -> Result<()> {
+    match tokio::time::timeout(Duration::from_secs(10), wake.recv()).await? {
+        Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Ok(()),
+        Err(closed) => Err(closed.into()),
+    }
+}
+
+async fn accepting_a_message_stores_it_with_its_event_and_signal(store: &Store) -> Result<()> {
+    let accepted = store
+        .accept_user_message("alice", "key-1", "hello", WF)
+        .await?;
+    assert!(!accepted.replayed);
+    let m = &accepted.message;
+    assert_eq!(
+        (m.role, m.kind, m.status),
+        (Role::User, MessageKind::Chat, MessageStatus::Complete)
+    );
+    assert_eq!(m.content, "hello");
+
+    let events = store.events_after("alice", 0, 100).await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, event_kind::MESSAGE_CREATED);
+    assert_eq!(events[0].data["id"], m.id.as_str());
+
+    let items = store.claim_outbox(10, Duration::from_secs(30)).await?;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].workflow_id, WF);
+    assert_eq!(items[0].signal, "message");
+    let payload: serde_json::Value = serde_json::from_str(&items[0].payload)?;
+    assert_eq!(payload["message_id"], m.id.as_str());
+    assert_eq!(store.get_message("alice", &m.id).await?, accepted.message);
+    // Another user cannot see it.
+    assert!(matches!(
+        store.get_message("bob", &m.id).await,
+        Err(StoreError::NotFound)
+    ));
+    Ok(())
+}
+
+async fn an_idempotency_key_stores_one_message(store: &Store) -> Result<()> {
+    let first = store.accept_user_message("alice", "k", "hello", WF).await?;
+    let second = store.accept_user_message("alice", "k", "hello", WF).await?;
+    assert!(second.replayed);
+    assert_eq!(first.message.id, second.message.id);
+    assert!(matches!(
+        store
+            .accept_user_message("alice", "k", "something else", WF)
+            .await,
+        Err(StoreError::IdempotencyMismatch)
+    ));
+    // Keys are per user.
+    let bob = store
+        .accept_user_message("bob", "k", "hello", "main-thread/bob")
+        .await?;
+    assert!(!bob.replayed);
+    assert_eq!(store.list_messages("alice", None, 10).await?.len(), 1);
+    assert_eq!(store.outbox_backlog().await?, 2);
+    assert_eq!(store.events_after("alice", 0, 10).await?.len(), 1);
+    Ok(())
+}
+
+async fn racing_duplicates_store_one_message(store: &Store) -> Result<()> {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.accept_user_message("alice", "race", "hi", WF).await
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        ids.insert(task.await??.message.id);
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(store.list_messages("alice", None, 10).await?.len(), 1);
+    assert_eq!(store.outbox_backlog().await?, 1);
+    Ok(())
+}
+
+async fn messages_page_backwards_oldest_first(store: &Store) -> Result<()> {
+    for i in 0..7 {
+        store
+            .accept_user_message("alice", &format!("k{i}"), &format!("m{i}"), WF)
+            .await?;
+    }
+    let newest = store.list_messages("alice", None, 3).await?;
+    let texts: Vec<_> = newest.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["m4", "m5", "m6"]);
+    let older = store.list_messages("alice", Some(newest[0].seq), 3).await?;
+    let texts: Vec<_> = older.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["m1", "m2", "m3"]);
+    let oldest = store.list_messages("alice", Some(older[0].seq), 3).await?;
+    assert_eq!(oldest.len(), 1);
+    Ok(())
+}
+
+async fn a_reply_is_created_once_and_completed_once(store: &Store) -> Result<()> {
+    let question = store
+        .accept_user_message("alice", "k", "2+2?", WF)
+        .await?
+        .message;
+    let first = store.start_reply("alice", &question.id).await?;
+    assert!(!first.already_complete);
+    assert_eq!(first.attempt, 1);
+    assert_eq!(first.message.status, MessageStatus::Streaming);
+    assert_eq!(
+        first.message.reply_to.as_deref(),
+        Some(question.id.as_str())
+    );
+    // A retried turn restarts streaming on the same message.
+    let second = store.start_reply("alice", &question.id).await?;
+    assert_eq!(second.message.id, first.message.id);
+    assert_eq!(second.attempt, 2);
+    store
+        .append_reply_text("alice", &first.message.id, 2, "fo")
+        .await?;
+    let usage = Usage {
+        model: "claude-test".into(),
+        input_tokens: 12,
+        output_tokens: 3,
+    };
+    let done = store
+        .finish_reply(
+            "alice",
+            &first.message.id,
+            MessageKind::Chat,
+            "four",
+            Some(&usage),
+        )
+        .await?;
+    assert_eq!(done.status, MessageStatus::Complete);
+    assert_eq!(done.content, "four");
+    assert_eq!(done.usage, Some(usage));
+    // Completing again changes nothing and announces nothing.
+    let events_before = store.events_after("alice", 0, 100).await?.len();
+    let again = store
+        .finish_reply("alice", &first.message.id, MessageKind::Chat, "five", None)
+        .await?;
+    assert_eq!(again.content, "four");
+    let third = store.start_reply("alice", &question.id).await?;
+    assert!(third.already_complete);
+    assert_eq!(third.message.content, "four");
+    assert_eq!(
+        store.events_after("alice", 0, 100).await?.len(),
+        events_before
+    );
+
+    let kinds: Vec<String> = store
+        .events_after("alice", 0, 100)
+        .await?
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            event_kind::MESSAGE_CREATED,
+            event_kind::MESSAGE_STARTED,
+            event_kind::MESSAGE_STARTED,
+            event_kind::MESSAGE_DELTA,
+            event_kind::MESSAGE_COMPLETED
+        ]
+    );
+    assert_eq!(store.list_messages("alice", None, 10).await?.len(), 2);
+    Ok(())
+}
+
+async fn failing_a_turn_leaves_a_visible_error(store: &Store) -> Result<()> {
+    let question = store
+        .accept_user_message("alice", "k", "hi", WF)
+        .await?
+        .message;
+    let error = store
+        .fail_reply("alice", &question.id, "The model refused the request.")
+        .await?;
+    assert_eq!(error.kind, MessageKind::Error);
+    assert_eq!(error.status, MessageStatus::Complete);
+    // A completed reply is never overwritten by a late failure.
+    let q2 = store
+        .accept_user_message("alice", "k2", "hi", WF)
+        .await?
+        .message;
+    let reply = store.start_reply("alice", &q2.id).await?;
+    store
+        .finish_reply("alice", &reply.message.id, MessageKind::Chat, "hello", None)
+        .await?;
+    let kept = store.fail_reply("alice", &q2.id, "late failure").await?;
+    assert_eq!(
+        (kept.kind, kept.content.as_str()),
+        (MessageKind::Chat, "hello")
+    );
+    Ok(())
+}
+
+async fn turn_context_puts_replies_after_their_messages(store: &Store) -> Result<()> {
+    // m2 arrives while m1's reply is being written, so r1 is stored after m2.
+    let m1 = store
+        .accept_user_message("alice", "1", "m1", WF)
+        .await?
+        .message;
+    let r1 = store.start_reply("alice", &m1.id).await?.message;
+    let m2 = store
+        .accept_user_message("alice", "2", "m2", WF)
+        .await?
+        .message;
+    store
+        .finish_reply("alice", &r1.id, MessageKind::Chat, "r1", None)
+        .await?;
+    let r2 = store.start_reply("alice", &m2.id).await?.message;
+    store
+        .finish_reply("alice", &r2.id, MessageKind::Chat, "r2", None)
+        .await?;
+    let m3 = store
+        .accept_user_message("alice", "3", "m3", WF)
+        .await?
+        .message;
+
+    let context = store.turn_context("alice", &m3.id, 50).await?;
+    let texts: Vec<_> = context.history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["m1", "r1", "m2", "r2"]);
+    assert_eq!(context.message.id, m3.id);
+    assert!(context.existing_reply.is_none());
+
+    // m2's own turn sees m1 and r1 only, not itself or anything later.
+    let context = store.turn_context("alice", &m2.id, 50).await?;
+    let texts: Vec<_> = context.history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["m1", "r1"]);
+    assert_eq!(
+        context.existing_reply.map(|r| r.content),
+        Some("r2".to_string())
+    );
+
+    // The limit keeps the most recent history.
+    let context = store.turn_context("alice", &m3.id, 2).await?;
+    let texts: Vec<_> = context.history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["m2", "r2"]);
+    Ok(())
+}
+
+async fn events_are_per_user_and_ordered(store: &Store) -> Result<()> {
+    let mut wake = store.subscribe_events();
+    let a = store
+        .append_events(
+            "alice",
+            &[NewEvent::new("test.a", 1), NewEvent::new("test.b", 2)],
+        )
+        .await?;
+    store
+        .append_events("bob", &[NewEvent::new("test.c", 3)])
+        .await?;
+    woken(&mut wake).await?;
+    assert!(a[0].id < a[1].id);
+    let alice = store.events_after("alice", 0, 10).await?;
+    assert_eq!(alice, a);
+    assert_eq!(store.events_after("alice", a[0].id, 10).await?, a[1..]);
+    assert_eq!(store.events_after("bob", 0, 10).await?.len(), 1);
+    assert!(store.last_event_id().await? > a[1].id);
+    Ok(())
+}
+
+/// A reader following the log with `events_after` must never skip an event: ids it sees
+/// later are always above the ones it saw (PostgreSQL hands them out in commit order).
+async fn concurrent_appends_are_seen_in_id_order_without_gaps(store: &Store) -> Result<()> {
+    const WRITERS: usize = 6;
+    const EACH: usize = 40;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                store
+                    .append_events("alice", &[NewEvent::new("test", (w, i))])
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut after = 0;
+            let mut wake = store.subscribe_events();
+            while seen.len() < WRITERS * EACH {
+                let batch = store.events_after("alice", after, 1000).await?;
+                if batch.is_empty() {
+                    woken(&mut wake).await?;
+                    continue;
+                }
+                for event in batch {
+                    after = event.id;
+                    seen.push(event.data);
+                }
+            }
+            anyhow::Ok(seen)
+        })
+    };
+    for writer in writers {
+        writer.await??;
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(60), reader).await???;
+    let distinct: HashSet<String> = seen.iter().map(|v| v.to_string()).collect();
+    assert_eq!(
+        distinct.len(),
+        WRITERS * EACH,
+        "the reader skipped or repeated events"
+    );
+    Ok(())
+}
+
+async fn proposals_are_stored_once_and_decided_once(store: &Store) -> Result<()> {
+    let m = store
+        .accept_user_message("alice", "k", "add dark mode", WF)
+        .await?
+        .message;
+    let reply = store.start_reply("alice", &m.id).await?.message;
+    let new = NewProposal {
+        id: "prop-1".into(),
+        message_id: reply.id.clone(),
+        title: "Add dark mode".into(),
+        description: "Follow the system theme".into(),
+        repo: "https://github.com/acme/web".into(),
+        model: None,
+        skip_planning: false,
+    };
+    let p = store.create_proposal("alice", &new).await?;
+    assert_eq!(p.status, ProposalStatus::Pending);
+    let again = store.create_proposal("alice", &new).await?;
+    assert_eq!(again, p);
+    let created_events = store
+        .events_after("alice", 0, 100)
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == event_kind::PROPOSAL_CREATED)
+        .count();
+    assert_eq!(created_events, 1);
+    let done = store
+        .finish_reply("alice", &reply.id, MessageKind::Chat, "Shall I?", None)
+        .await?;
+    assert_eq!(done.proposals, vec![p.clone()]);
+    assert_eq!(
+        store.recent_repos("alice", 5).await?,
+        ["https://github.com/acme/web"]
+    );
+
+    let outbox_before = store.outbox_backlog().await?;
+    assert!(matches!(
+        store
+            .decide_proposal("bob", "prop-1", Decision::Reject, "main-thread/bob")
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let rejected = store
+        .decide_proposal("alice", "prop-1", Decision::Reject, WF)
+        .await?;
+    assert_eq!(rejected.status, ProposalStatus::Rejected);
+    assert!(rejected.decided_at.is_some());
+    assert_eq!(store.outbox_backlog().await?, outbox_before + 1);
+    assert!(matches!(
+        store
+            .decide_proposal("alice", "prop-1", Decision::Reject, WF)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.outbox_backlog().await?, outbox_before + 1);
+    let listed = store.list_messages("alice", None, 10).await?;
+    assert_eq!(listed[1].proposals[0].status, ProposalStatus::Rejected);
+    Ok(())
+}
+
+async fn outbox_claims_in_order_and_respects_leases(store: &Store) -> Result<()> {
+    for i in 0..3 {
+        store
+            .accept_user_message("alice", &format!("a{i}"), "x", WF)
+            .await?;
+        store
+            .accept_user_message("bob", &format!("b{i}"), "x", "main-thread/bob")
+            .await?;
+    }
+    let claimed = store.claim_outbox(4, Duration::from_secs(60)).await?;
+    assert_eq!(claimed.len(), 4);
+    assert!(claimed.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(claimed.iter().all(|i| i.attempts == 1));
+    // Leased items are not claimed twice, and what queues behind them in the same workflow
+    // waits until they are delivered (or their lease runs out).
+    assert!(
+        store
+            .claim_outbox(10, Duration::from_secs(60))
+            .await?
+            .is_empty()
+    );
+    for item in &claimed {
+        store.outbox_delivered(item.id).await?;
+    }
+    let rest = store.claim_outbox(10, Duration::from_secs(60)).await?;
+    assert_eq!(rest.len(), 2);
+    for item in &rest {
+        store.outbox_delivered(item.id).await?;
+    }
+    assert_eq!(store.outbox_backlog().await?, 0);
+    assert!(store.outbox_next_due().await?.is_none());
+
+    // An expired lease makes an item due again (a relay that died mid-delivery).
+    store.accept_user_message("alice", "late", "x", WF).await?;
+    let item = store.claim_outbox(1, Duration::ZERO).await?;
+    let again = store.claim_outbox(1, Duration::from_secs(60)).await?;
+    assert_eq!(item[0].id, again[0].id);
+    assert_eq!(again[0].attempts, 2);
+    Ok(())
+}
+
+async fn outbox_keeps_order_within_a_workflow_across_retries(store: &Store) -> Result<()> {
+    store.accept_user_message("alice", "1", "x", WF).await?;
+    store.accept_user_message("alice", "2", "x", WF).await?;
+    store
+        .accept_user_message("bob", "1", "x", "main-thread/bob")
+        .await?;
+    let claimed = store.claim_outbox(1, Duration::from_secs(60)).await?;
+    assert_eq!(claimed[0].workflow_id, WF);
+    // Delivery failed: retry in a minute, recording why.
+    store
+        .outbox_retry(
+            claimed[0].id,
+            Some("temporal unavailable"),
+            Duration::from_secs(60),
+        )
+        .await?;
+    // alice's second message must wait behind the first; bob's is free to go.
+    let next = store.claim_outbox(10, Duration::from_secs(60)).await?;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].workflow_id, "main-thread/bob");
+    assert!(store.outbox_next_due().await?.is_some());
+    Ok(())
+}
+
+async fn compaction_folds_each_message_once(store: &Store) -> Result<()> {
+    let mut last = None;
+    for i in 0..6 {
+        let m = store
+            .accept_user_message("alice", &format!("{i}"), &format!("m{i}"), WF)
+            .await?
+            .message;
+        let r = store.start_reply("alice", &m.id).await?.message;
+        store
+            .finish_reply("alice", &r.id, MessageKind::Chat, &format!("r{i}"), None)
+            .await?;
+        last = Some(m);
+    }
+    // One more message, not yet answered: compaction must stop before it.
+    store
+        .accept_user_message("alice", "pending", "m6", WF)
+        .await?;
+    assert_eq!(store.unsummarized_count("alice").await?, 13);
+
+    let plan = store.compaction_plan("alice", 4).await?;
+    let texts: Vec<_> = plan.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["m0", "r0", "m1", "r1", "m2", "r2", "m3", "r3"]);
+    let through = plan.messages.last().map(|m| m.seq).unwrap_or_default();
+    let applied = store
+        .apply_compaction("c1", "alice", plan.summarized_through, through, 8, "S1")
+        .await?;
+    assert_eq!(applied.message_count, 8);
+    // Same key again: nothing changes.
+    let repeated = store
+        .apply_compaction(
+            "c1",
+            "alice",
+            plan.summarized_through,
+            through,
+            8,
+            "S1 again",
+        )
+        .await?;
+    assert_eq!(repeated, applied);
+    assert_eq!(store.summary("alice").await?, ("S1".to_string(), through));
+    // A stale plan under a new key is refused.
+    assert!(matches!(
+        store
+            .apply_compaction("c2", "alice", plan.summarized_through, through, 8, "S2")
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.unsummarized_count("alice").await?, 5);
+    let next = store.compaction_plan("alice", 4).await?;
+    assert_eq!(next.previous_summary, "S1");
+    assert_eq!(
+        next.messages.len(),
+        0,
+        "m4 r4 m5 r5 are kept, m6 is unanswered"
+    );
+
+    // The turn for the newest message sees only what the summary does not cover.
+    let latest = last.map(|m| m.id).unwrap_or_default();
+    let context = store.turn_context("alice", &latest, 50).await?;
+    assert_eq!(context.summary, "S1");
+    let texts: Vec<_> = context.history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["m4", "r4"]);
+    assert_eq!(store.compactions("alice").await?, vec![applied]);
+    Ok(())
+}
+
+async fn migrations_are_idempotent(store: &Store) -> Result<()> {
+    store.migrate().await?;
+    store.ping().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_wakes_subscribers_of_other_connections() -> Result<()> {
+    let pg = PgServer::start().await?;
+    let url = pg.create_database("wake").await?;
+    let writer = Store::connect(&url).await?;
+    writer.migrate().await?;
+    let reader = Store::connect(&url).await?;
+    let mut wake = reader.subscribe_events();
+    // The reader's listener announces itself once it listens; only then can it hear.
+    woken(&mut wake).await?;
+    writer
+        .append_events("alice", &[NewEvent::new("x", 1)])
+        .await?;
+    woken(&mut wake).await?;
+    assert_eq!(reader.events_after("alice", 0, 10).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_url_schemes_are_refused_without_leaking_secrets() {
+    let result = Store::connect("mysql://root:hunter2@db/x").await;
+    match result {
+        Err(StoreError::Config(message)) => {
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("mysql accepted"),
+    }
+}

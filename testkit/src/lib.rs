@@ -1,0 +1,13 @@
+//! Fakes of the outside world and harnesses for mainloop's tests and for `mainloop dev --demo`:
+//! a fake Anthropic Messages API, a Temporal dev-server harness, a throwaway PostgreSQL
+//! server, and helpers for child processes and free ports.
+//!
+//! Nothing here depends on mainloop's own crates: the fakes speak only the wire protocols of
+//! the services they stand in for.
+
+pub mod anthropic;
+pub mod ports;
+pub mod postgres;
+pub mod process;
+pub mod sse;
+pub mod temporal;
