@@ -100,6 +100,20 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up on an item that can never be delivered (it is corrupt), keeping it with the
+    /// reason for inspection, so it stops holding up its workflow's later items.
+    pub async fn outbox_abandon(&self, id: i64, error: &str) -> Result<()> {
+        db!(self, |pool, pg| {
+            sqlx::query("UPDATE outbox SET delivered_at = $1, last_error = $2 WHERE id = $3")
+                .bind(now())
+                .bind(format!("abandoned: {error}"))
+                .bind(id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// Makes a claimed item due again after `delay`, recording why it was not delivered.
     pub async fn outbox_retry(&self, id: i64, error: Option<&str>, delay: Duration) -> Result<()> {
         let due = now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);

@@ -85,7 +85,8 @@ impl PgServer {
             command.uid(uid).gid(gid);
         }
         let log = self.dir.path().join("postgres.log");
-        let child = ChildProcess::spawn("postgres", &mut command, Output::File(log), libc::SIGQUIT)?;
+        let child =
+            ChildProcess::spawn("postgres", &mut command, Output::File(log), libc::SIGQUIT)?;
         self.child = Some(child);
         self.wait_ready().await
     }
@@ -145,7 +146,16 @@ impl PgServer {
         let out = Command::new(self.bin.join("psql"))
             .args(["-h", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atc",
+                sql,
+            ])
             .output()
             .await
             .context("running psql")?;
@@ -256,4 +266,3 @@ fn lookup_user(name: &str) -> Result<(u32, u32)> {
     let ids = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
     Ok(ids)
 }
-

@@ -49,7 +49,10 @@ impl SseClient {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.context("connecting to the event stream")?;
+        let response = request
+            .send()
+            .await
+            .context("connecting to the event stream")?;
         if !response.status().is_success() {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();

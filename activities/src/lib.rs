@@ -1,0 +1,10 @@
+//! mainloop's Temporal activities: everything that touches the outside world on a workflow's
+//! behalf (the model, the store; GitHub and jobs later). Activities run at least once, so
+//! each is idempotent; failures are classified as retryable or permanent in `errors`.
+
+pub mod anthropic;
+pub mod chat;
+mod errors;
+pub mod repo;
+
+pub use chat::{ChatActivities, ChatSettings, ThreadConfig};

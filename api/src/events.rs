@@ -1,0 +1,110 @@
+//! `GET /api/events`: the user's event log as Server-Sent Events. It replays everything after
+//! `Last-Event-ID` (or `?after=`), then follows live. Each event's SSE id is its log id, so a
+//! client that reconnects with the last id it saw gets every later event exactly once, even
+//! across a restart of this process.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::auth::User;
+use crate::error::{ApiError, ApiResult, code};
+use crate::extract::ApiQuery;
+
+const PAGE: i64 = 500;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Replay events after this id (for clients that cannot set `Last-Event-ID`, such as a
+    /// first `EventSource` connection). Without it or the header, the stream starts live.
+    pub after: Option<i64>,
+}
+
+#[utoipa::path(
+    get, path = "/api/events", tag = "events",
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream",
+         description = "`id:` the event id, `event:` its kind (message.created, message.started, message.delta, message.completed, proposal.created, proposal.updated, thread.notice), `data:` JSON"),
+        (status = 400, description = "invalid_header, invalid_query"),
+        (status = 401, description = "unauthorized"),
+    )
+)]
+pub async fn stream(
+    State(state): State<AppState>,
+    User(user): User,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let from_header = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| {
+                    ApiError::bad_request(code::INVALID_HEADER, "Last-Event-ID must be an event id")
+                })?,
+        ),
+        None => None,
+    };
+    if query.after.is_some_and(|after| after < 0) {
+        return Err(ApiError::bad_request(
+            code::INVALID_QUERY,
+            "after must be an event id",
+        ));
+    }
+    // Subscribe before the first read, so nothing committed in between goes unnoticed.
+    let mut wake = state.store.subscribe_events();
+    let mut after = match from_header.or(query.after) {
+        Some(after) => after,
+        None => state.store.last_event_id().await?,
+    };
+    let store = state.store.clone();
+    let shutdown = state.shutdown.clone();
+    let events = async_stream::stream! {
+        loop {
+            let batch = match store.events_after(&user, after, PAGE).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    // Ending the stream makes the client reconnect and resume from its last id.
+                    tracing::warn!(%error, "cannot read events; closing the stream");
+                    break;
+                }
+            };
+            let full = batch.len() as i64 == PAGE;
+            for event in batch {
+                after = event.id;
+                yield Ok(SseEvent::default()
+                    .id(event.id.to_string())
+                    .event(event.kind)
+                    .data(event.data.to_string()));
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                woken = wake.recv() => match woken {
+                    Ok(()) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                },
+                () = shutdown.cancelled() => break,
+            }
+        }
+    };
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,159 @@
+//! mainloop's HTTP API (axum): JSON under `/api`, the event stream, health checks, the
+//! OpenAPI document, and the outbox relay that hands accepted input to Temporal.
+//!
+//! Every error leaves through [`error::ApiError`]; every input is validated at this boundary
+//! and nothing is stored from a request that is refused.
+
+pub mod auth;
+pub mod error;
+mod events;
+mod extract;
+mod health;
+mod messages;
+pub mod openapi;
+pub mod outbox;
+mod proposals;
+mod session;
+pub mod temporal;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{BoxError, Router, middleware};
+use mainloop_store::Store;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+pub use auth::{AuthConfig, AuthMode};
+pub use error::{ApiError, code};
+pub use outbox::RelaySettings;
+pub use temporal::TemporalLink;
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub auth: AuthConfig,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// Longest a (non-streaming) request may take.
+    pub request_timeout: Duration,
+    pub relay: RelaySettings,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub auth: Arc<AuthConfig>,
+    pub temporal: TemporalLink,
+    /// Cancelled when the server shuts down; long-lived streams end on it.
+    pub shutdown: CancellationToken,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState, settings: &ApiSettings) -> Router {
+    let timed = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(timeout_error))
+        .timeout(settings.request_timeout);
+    let authenticated = Router::new()
+        .route("/api/messages", get(messages::list).post(messages::post))
+        .route("/api/proposals/{id}/reject", post(proposals::reject))
+        .layer(timed.clone())
+        // The event stream lives as long as the client wants: no request timeout.
+        .route("/api/events", get(events::stream))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_user,
+        ));
+    let public = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/api/login", post(session::login))
+        .route("/api/logout", post(session::logout))
+        .route("/api/session", get(session::info))
+        .layer(timed);
+    Router::new()
+        .merge(authenticated)
+        .merge(public)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(auth::same_origin))
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("referrer-policy"),
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("x-frame-options"),
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(panicked))
+        .with_state(state)
+}
+
+/// Serves until `state.shutdown` is cancelled, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    settings: &ApiSettings,
+) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    axum::serve(listener, router(state, settings))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Starts the outbox relay beside the server.
+pub fn spawn_relay(state: &AppState, settings: &ApiSettings) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(outbox::run(
+        state.store.clone(),
+        state.temporal.clone(),
+        settings.relay.clone(),
+        state.shutdown.clone(),
+    ))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+async fn timeout_error(error: BoxError) -> ApiError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::TIMEOUT,
+            "the request took too long",
+        )
+    } else {
+        ApiError::internal(error)
+    }
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    ApiError::internal(format!("handler panicked: {detail}")).into_response()
+}

@@ -1,0 +1,225 @@
+//! The outbox relay: delivers the signals the API stored (a message for the main thread, a
+//! decision on a proposal) to Temporal with signal-with-start, in order per workflow, retrying
+//! with backoff while Temporal is unreachable. Delivery is at least once; workflows
+//! de-duplicate by the input's id.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use mainloop_store::{OutboxItem, SIGNAL_MESSAGE, SIGNAL_PROPOSAL_DECISION, Store};
+use mainloop_workflows::payload::json_payload;
+use mainloop_workflows::{MainThreadInput, MainThreadWorkflow, SEARCH_ATTRIBUTE_USER};
+use temporalio_client::{Client, WorkflowStartOptions};
+use temporalio_common::search_attributes::SearchAttributes;
+use tokio_util::sync::CancellationToken;
+
+use crate::temporal::TemporalLink;
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub task_queue: String,
+    /// Items claimed per round.
+    pub batch: i64,
+    /// How long a claimed item is reserved for this relay.
+    pub lease: Duration,
+    /// Longest wait for one delivery.
+    pub delivery_timeout: Duration,
+    /// First retry delay after a failed delivery; doubles per attempt up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Runs until `shutdown`.
+pub async fn run(
+    store: Store,
+    temporal: TemporalLink,
+    settings: RelaySettings,
+    shutdown: CancellationToken,
+) {
+    let client = tokio::select! {
+        client = temporal.wait() => client,
+        () = shutdown.cancelled() => None,
+    };
+    let Some(client) = client else { return };
+    let mut store_backoff = Duration::from_millis(100);
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let items = match store.claim_outbox(settings.batch, settings.lease).await {
+            Ok(items) => {
+                store_backoff = Duration::from_millis(100);
+                items
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the outbox; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(store_backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if items.is_empty() {
+            wait_for_work(&store, &shutdown).await;
+            continue;
+        }
+        deliver_batch(&store, &client, &settings, items).await;
+    }
+}
+
+/// Sleeps until something was added, an item falls due, or shutdown.
+async fn wait_for_work(store: &Store, shutdown: &CancellationToken) {
+    let due = match store.outbox_next_due().await {
+        Ok(Some(due)) => (due - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(30)),
+        Ok(None) => Duration::from_secs(30),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the outbox");
+            Duration::from_secs(1)
+        }
+    };
+    tokio::select! {
+        () = store.outbox_added() => {}
+        () = tokio::time::sleep(due) => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+async fn deliver_batch(
+    store: &Store,
+    client: &Client,
+    settings: &RelaySettings,
+    items: Vec<OutboxItem>,
+) {
+    // Once an item of a workflow fails, the rest of that workflow's items wait for it.
+    let mut held: HashSet<String> = HashSet::new();
+    for item in items {
+        let retry_in = backoff(settings, item.attempts);
+        if held.contains(&item.workflow_id) {
+            record(store.outbox_retry(item.id, None, retry_in).await);
+            continue;
+        }
+        let delivery =
+            tokio::time::timeout(settings.delivery_timeout, deliver(client, settings, &item))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Undeliverable::NotYet(anyhow!(
+                        "Temporal did not answer in time"
+                    )))
+                });
+        match delivery {
+            Ok(()) => record(store.outbox_delivered(item.id).await),
+            Err(Undeliverable::Never(error)) => {
+                tracing::error!(id = item.id, %error, "abandoning an outbox item");
+                record(store.outbox_abandon(item.id, &error).await);
+            }
+            Err(Undeliverable::NotYet(error)) => {
+                let message = error.to_string();
+                if item.attempts == 1 || item.attempts % 10 == 0 {
+                    tracing::warn!(
+                        workflow_id = %item.workflow_id,
+                        attempts = item.attempts,
+                        error = %message,
+                        "signal not delivered yet; will retry"
+                    );
+                }
+                held.insert(item.workflow_id.clone());
+                record(store.outbox_retry(item.id, Some(&message), retry_in).await);
+            }
+        }
+    }
+}
+
+fn record(result: mainloop_store::Result<()>) {
+    // The lease covers a lost bookkeeping write: the item is claimed again later and the
+    // workflow de-duplicates it.
+    if let Err(error) = result {
+        tracing::warn!(%error, "cannot update the outbox");
+    }
+}
+
+fn backoff(settings: &RelaySettings, attempts: i64) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    settings
+        .base_backoff
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(settings.max_backoff)
+}
+
+enum Undeliverable {
+    /// Temporal failed or is unreachable: try again later.
+    NotYet(anyhow::Error),
+    /// The item itself is broken: retrying cannot help.
+    Never(String),
+}
+
+async fn deliver(
+    client: &Client,
+    settings: &RelaySettings,
+    item: &OutboxItem,
+) -> Result<(), Undeliverable> {
+    let payload: serde_json::Value = serde_json::from_str(&item.payload)
+        .map_err(|e| Undeliverable::Never(format!("corrupt payload: {e}")))?;
+    let input = MainThreadInput {
+        user: item.user_id.clone(),
+        carry: Default::default(),
+    };
+    let options = WorkflowStartOptions::new(settings.task_queue.clone(), item.workflow_id.clone())
+        .search_attributes(SearchAttributes::new([
+            SEARCH_ATTRIBUTE_USER.value_set(item.user_id.clone())
+        ]))
+        .static_summary(format!("Main thread of {}", item.user_id))
+        .build();
+    let raw = json_payload(&payload);
+    match item.signal.as_str() {
+        SIGNAL_MESSAGE => client
+            .signal_with_start_workflow(
+                MainThreadWorkflow::run,
+                input,
+                MainThreadWorkflow::message,
+                raw,
+                options,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| Undeliverable::NotYet(anyhow!("{e}"))),
+        SIGNAL_PROPOSAL_DECISION => client
+            .signal_with_start_workflow(
+                MainThreadWorkflow::run,
+                input,
+                MainThreadWorkflow::proposal_decision,
+                raw,
+                options,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| Undeliverable::NotYet(anyhow!("{e}"))),
+        other => Err(Undeliverable::Never(format!("unknown signal {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let settings = RelaySettings {
+            task_queue: "q".into(),
+            batch: 10,
+            lease: Duration::from_secs(30),
+            delivery_timeout: Duration::from_secs(5),
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        };
+        assert_eq!(backoff(&settings, 1), Duration::from_millis(100));
+        assert_eq!(backoff(&settings, 2), Duration::from_millis(200));
+        assert_eq!(backoff(&settings, 4), Duration::from_millis(800));
+        assert_eq!(backoff(&settings, 50), Duration::from_secs(2));
+    }
+}

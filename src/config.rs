@@ -1,0 +1,223 @@
+//! Command line and environment: every setting is a flag with an environment variable and a
+//! default, documented here (and in the README's configuration table).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mainloop",
+    version,
+    about = "Self-hosted orchestrator for AI coding agents, on Temporal"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(
+        long,
+        env = "MAINLOOP_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process for a single machine: a Temporal dev server (child
+    /// process), the worker and the API, with SQLite in the data directory.
+    Dev(DevArgs),
+    /// The HTTP API, against TEMPORAL_ADDRESS and DATABASE_URL.
+    Serve(ServeArgs),
+    /// The Temporal worker, against TEMPORAL_ADDRESS and DATABASE_URL.
+    Worker(WorkerArgs),
+    /// Apply database migrations and exit.
+    Migrate(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub worker: WorkerSettingsArgs,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+    /// gRPC port of the Temporal dev server.
+    #[arg(long, env = "MAINLOOP_TEMPORAL_PORT", default_value_t = 7233)]
+    pub temporal_port: u16,
+    /// Port of the Temporal Web UI.
+    #[arg(long, env = "MAINLOOP_TEMPORAL_UI_PORT", default_value_t = 8233)]
+    pub temporal_ui_port: u16,
+    /// The `temporal` CLI to run (default: found on PATH or in Go's bin directory).
+    #[arg(long, env = "TEMPORAL_BIN")]
+    pub temporal_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub worker: WorkerSettingsArgs,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+    #[command(flatten)]
+    pub temporal: TemporalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Where mainloop keeps its state (SQLite database, Temporal dev database, logs).
+    /// Default: the platform data directory (`~/.local/share/mainloop` on Linux).
+    #[arg(long, env = "MAINLOOP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `postgres://…` or `sqlite://path`. Default: SQLite in the data directory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TemporalArgs {
+    /// Register mainloop's search attributes on the namespace at start-up (needs operator
+    /// rights; turn off when a set-up job does it).
+    #[arg(long, env = "MAINLOOP_REGISTER_SEARCH_ATTRIBUTES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub register_search_attributes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "MAINLOOP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// How callers authenticate: `none` (only on loopback) or `token`.
+    #[arg(long, env = "MAINLOOP_AUTH", value_enum, default_value = "none")]
+    pub auth: AuthArg,
+    /// The secret for `token` auth (at least 16 characters).
+    #[arg(long, env = "MAINLOOP_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// The user id every authenticated request acts as.
+    #[arg(long, env = "MAINLOOP_USER", default_value = "me")]
+    pub user: String,
+    /// Lifetime of a login session.
+    #[arg(long, env = "MAINLOOP_SESSION_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MAINLOOP_BODY_LIMIT", default_value_t = 256 * 1024)]
+    pub body_limit: usize,
+    /// Longest a request may take (the event stream excepted).
+    #[arg(long, env = "MAINLOOP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Longest wait between retries of a signal Temporal did not take.
+    #[arg(long, env = "MAINLOOP_OUTBOX_MAX_BACKOFF", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub outbox_max_backoff: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// Task queue of mainloop's workflows and activities.
+    #[arg(long, env = "MAINLOOP_TASK_QUEUE", default_value = mainloop_workflows::DEFAULT_TASK_QUEUE)]
+    pub task_queue: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AuthArg {
+    None,
+    Token,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerSettingsArgs {
+    /// Time running activities get to finish on shutdown.
+    #[arg(long, env = "MAINLOOP_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// How long a workflow waits for the worker that has it cached before any worker may take
+    /// it (after a worker dies, its workflows resume after this).
+    #[arg(long, env = "MAINLOOP_STICKY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sticky_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Anthropic API key for the main thread (without one, chat turns answer with an error
+    /// that says so).
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+    pub anthropic_api_key: Option<String>,
+    /// Base URL of the Anthropic API.
+    #[arg(
+        long,
+        env = "ANTHROPIC_BASE_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    pub anthropic_base_url: String,
+    /// Model of the main thread.
+    #[arg(long, env = "MAINLOOP_CHAT_MODEL", default_value = "claude-haiku-4-5")]
+    pub chat_model: String,
+    /// Model that summarises old messages (default: the chat model).
+    #[arg(long, env = "MAINLOOP_SUMMARY_MODEL")]
+    pub summary_model: Option<String>,
+    /// Most tokens in one reply.
+    #[arg(long, env = "MAINLOOP_CHAT_MAX_TOKENS", default_value_t = 4096)]
+    pub chat_max_tokens: u32,
+    /// Most messages sent verbatim with a turn (older ones reach the model as the summary).
+    #[arg(long, env = "MAINLOOP_HISTORY_LIMIT", default_value_t = 40)]
+    pub history_limit: i64,
+    /// Streamed text is written out at least this often.
+    #[arg(long, env = "MAINLOOP_STREAM_FLUSH", default_value = "40ms", value_parser = humantime::parse_duration)]
+    pub stream_flush: Duration,
+    /// Longest silence tolerated from the model while it streams.
+    #[arg(long, env = "MAINLOOP_MODEL_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub model_idle_timeout: Duration,
+    /// Turns per main-thread workflow run before it continues as new.
+    #[arg(long, env = "MAINLOOP_TURNS_PER_RUN", default_value_t = 100)]
+    pub turns_per_run: u32,
+    /// Compact the thread when more messages than this are not yet summarised.
+    #[arg(long, env = "MAINLOOP_COMPACTION_THRESHOLD", default_value_t = 40)]
+    pub compaction_threshold: i64,
+    /// Messages a compaction leaves verbatim.
+    #[arg(long, env = "MAINLOOP_KEEP_RECENT", default_value_t = 20)]
+    pub keep_recent: u32,
+    /// Longest one attempt of a chat turn may take.
+    #[arg(long, env = "MAINLOOP_TURN_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub turn_timeout: Duration,
+    /// A turn whose worker stops heartbeating for this long is retried elsewhere.
+    #[arg(long, env = "MAINLOOP_TURN_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub turn_heartbeat_timeout: Duration,
+    /// First retry delay of a failed turn (doubles per attempt).
+    #[arg(long, env = "MAINLOOP_TURN_RETRY_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub turn_retry_initial: Duration,
+    /// Longest retry delay of a failed turn.
+    #[arg(long, env = "MAINLOOP_TURN_RETRY_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub turn_retry_max: Duration,
+    /// Attempts of a turn before it ends in a visible error.
+    #[arg(long, env = "MAINLOOP_TURN_RETRY_ATTEMPTS", default_value_t = 8)]
+    pub turn_retry_attempts: u32,
+}

@@ -1,0 +1,82 @@
+//! `mainloop dev`: the whole product in one process on one machine. It starts the Temporal
+//! dev server as a child (state in the data directory, Web UI on), then the worker and the
+//! API on SQLite, prints the URLs, and on Ctrl-C stops everything in reverse order.
+
+use anyhow::{Context, Result};
+use mainloop_api::TemporalLink;
+use mainloop_testkit::temporal::{DevServer, DevServerOptions, find_temporal};
+use mainloop_workflows::TemporalSettings;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DevArgs;
+use crate::run::{api_settings, data_dir, identity, open_store, run_worker, start_api};
+
+pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
+    // Refuse bad settings before starting anything.
+    api_settings(&args.api, &args.queue)?;
+    let data = data_dir(&args.store)?;
+    let binary = match &args.temporal_bin {
+        Some(path) => path.clone(),
+        None => find_temporal()?,
+    };
+    let mut options = DevServerOptions::for_tests()?;
+    options.binary = binary;
+    options.port = Some(args.temporal_port);
+    options.ui_port = Some(args.temporal_ui_port);
+    options.db_file = Some(data.join("temporal.db"));
+    options.log_file = Some(data.join("temporal.log"));
+    let mut temporal = DevServer::start(options).await.with_context(|| {
+        format!(
+            "starting the Temporal dev server on port {} (is another one running? see {})",
+            args.temporal_port,
+            data.join("temporal.log").display()
+        )
+    })?;
+    let result = run_services(&args, &temporal, shutdown).await;
+    if let Err(error) = temporal.stop().await {
+        tracing::warn!(%error, "stopping the Temporal dev server");
+    }
+    result
+}
+
+async fn run_services(
+    args: &DevArgs,
+    temporal: &DevServer,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let store = open_store(&args.store, true).await?;
+    let settings =
+        TemporalSettings::local(&temporal.address(), temporal.namespace(), &identity("dev"))?;
+    let client = settings
+        .connect()
+        .await
+        .context("connecting to the Temporal dev server")?;
+    // The API gets its own token so that it can finish after the worker has drained.
+    let api_shutdown = CancellationToken::new();
+    let (server, address) = start_api(
+        args.api.listen,
+        api_settings(&args.api, &args.queue)?,
+        store.clone(),
+        TemporalLink::connected(client.clone()),
+        &api_shutdown,
+    )
+    .await?;
+    println!("mainloop     http://{address}");
+    if let Some(ui) = temporal.ui_url() {
+        println!("temporal-ui  {ui}");
+    }
+    let worked = run_worker(
+        client,
+        store.clone(),
+        &args.queue,
+        &args.worker,
+        &args.chat,
+        shutdown,
+    )
+    .await;
+    api_shutdown.cancel();
+    let served = server.await.context("the API task failed")?;
+    store.close().await;
+    worked?;
+    served
+}

@@ -1,0 +1,71 @@
+//! `mainloop`: parses the command line, sets up logging and the shutdown signal, and hands
+//! over to the command. Everything else lives in the crates.
+
+use clap::Parser;
+use mainloop::config::{Cli, Command, LogFormat};
+use mainloop::{dev, run};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let shutdown = shutdown_on_signals();
+    let result = match cli.command {
+        Command::Dev(args) => dev::run(args, shutdown).await,
+        Command::Serve(args) => run::serve(args, shutdown).await,
+        Command::Worker(args) => run::worker(args, shutdown).await,
+        Command::Migrate(args) => run::migrate(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("mainloop: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,temporalio_sdk_core=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Cancelled on SIGINT or SIGTERM; a second signal ends the process at once.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::error!("cannot listen for shutdown signals");
+            return;
+        };
+        for round in 0.. {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if round == 0 {
+                tracing::info!("shutting down (signal again to stop at once)");
+                cancel.cancel();
+            } else {
+                eprintln!("mainloop: stopped without finishing in-flight work");
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}

@@ -1,0 +1,256 @@
+//! Wiring of the parts into running services: the store, the API with its outbox relay, and
+//! the worker with its activities. `dev` composes the same pieces in one process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use mainloop_activities::ChatActivities;
+use mainloop_activities::anthropic::AnthropicClient;
+use mainloop_activities::chat::{ActivityTiming, ChatSettings, ThreadConfig};
+use mainloop_api::{ApiSettings, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink};
+use mainloop_store::{Backend, Store, redact_url};
+use mainloop_workflows::TemporalSettings;
+use mainloop_workflows::worker::{self, Implementations, WorkerSettings};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{
+    ApiArgs, AuthArg, ChatArgs, QueueArgs, ServeArgs, StoreArgs, WorkerArgs, WorkerSettingsArgs,
+};
+
+pub async fn migrate(args: StoreArgs) -> Result<()> {
+    let store = open_store(&args, true).await?;
+    store.close().await;
+    println!("migrations applied");
+    Ok(())
+}
+
+pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
+    let settings = api_settings(&args.api, &args.queue)?;
+    let store = open_store(&args.store, false).await?;
+    let temporal = TemporalSettings::from_env(&identity("serve"))?;
+    tracing::info!(address = %temporal.address(), namespace = %temporal.namespace, "Temporal");
+    let link = TemporalLink::connect_in_background(temporal, shutdown.clone());
+    let (server, address) =
+        start_api(args.api.listen, settings, store.clone(), link, &shutdown).await?;
+    println!("mainloop  http://{address}");
+    let result = server.await.context("the API task failed")?;
+    store.close().await;
+    result
+}
+
+pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
+    let store = open_store(&args.store, false).await?;
+    let temporal = TemporalSettings::from_env(&identity("worker"))?;
+    tracing::info!(address = %temporal.address(), namespace = %temporal.namespace, "Temporal");
+    let Some(client) = temporal.connect_with_retry(&shutdown).await else {
+        return Ok(());
+    };
+    if args.temporal.register_search_attributes
+        && let Err(error) = worker::ensure_search_attributes(&client, &temporal.namespace).await
+    {
+        tracing::warn!(
+            "could not register search attributes ({error:#}); register them with \
+             `temporal operator search-attribute create` (see docs)"
+        );
+    }
+    run_worker(
+        client,
+        store.clone(),
+        &args.queue,
+        &args.worker,
+        &args.chat,
+        shutdown,
+    )
+    .await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Opens (and migrates) the store. Without `DATABASE_URL`, `embedded` picks SQLite in the
+/// data directory; otherwise a URL is required.
+pub async fn open_store(args: &StoreArgs, embedded: bool) -> Result<Store> {
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
+        None if embedded => {
+            let dir = data_dir(args)?;
+            format!("sqlite://{}", dir.join("mainloop.db").display())
+        }
+        None => bail!(
+            "set DATABASE_URL (postgres://…): separate API and worker processes share a \
+             PostgreSQL database; for one process on one machine, run `mainloop dev`"
+        ),
+    };
+    let store = Store::connect(&url)
+        .await
+        .with_context(|| format!("opening the database {}", redact_url(&url)))?;
+    if !embedded && store.backend() == Backend::Sqlite {
+        bail!(
+            "serve and worker run as separate processes and need PostgreSQL in DATABASE_URL \
+             (SQLite cannot tell one process about the other's writes); use `mainloop dev` for \
+             SQLite"
+        );
+    }
+    store.migrate().await.context("migrating the database")?;
+    Ok(store)
+}
+
+pub fn data_dir(args: &StoreArgs) -> Result<PathBuf> {
+    let dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => dirs::data_dir()
+            .context("no platform data directory; set MAINLOOP_DATA_DIR")?
+            .join("mainloop"),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The API's settings, refusing unsafe ones (e.g. no authentication off loopback).
+pub fn api_settings(api: &ApiArgs, queue: &QueueArgs) -> Result<ApiSettings> {
+    let auth = AuthConfig {
+        mode: match api.auth {
+            AuthArg::None => AuthMode::None,
+            AuthArg::Token => AuthMode::Token {
+                token: api
+                    .auth_token
+                    .clone()
+                    .context("MAINLOOP_AUTH=token needs MAINLOOP_AUTH_TOKEN")?,
+            },
+        },
+        user: api.user.clone(),
+        session_ttl: api.session_ttl,
+    };
+    auth.validate(api.listen).map_err(anyhow::Error::msg)?;
+    Ok(ApiSettings {
+        auth,
+        body_limit: api.body_limit,
+        request_timeout: api.request_timeout,
+        relay: RelaySettings {
+            task_queue: queue.task_queue.clone(),
+            batch: 100,
+            lease: Duration::from_secs(30),
+            delivery_timeout: Duration::from_secs(10),
+            base_backoff: Duration::from_millis(200),
+            max_backoff: api.outbox_max_backoff,
+        },
+    })
+}
+
+/// Binds the API and starts it with its outbox relay; returns the server task and address.
+pub async fn start_api(
+    listen: std::net::SocketAddr,
+    settings: ApiSettings,
+    store: Store,
+    temporal: TemporalLink,
+    shutdown: &CancellationToken,
+) -> Result<(tokio::task::JoinHandle<Result<()>>, std::net::SocketAddr)> {
+    let state = AppState {
+        store,
+        auth: Arc::new(settings.auth.clone()),
+        temporal,
+        shutdown: shutdown.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let address = listener.local_addr()?;
+    let relay = mainloop_api::spawn_relay(&state, &settings);
+    let server = tokio::spawn(async move {
+        let served = mainloop_api::serve(listener, state, &settings).await;
+        if let Err(error) = relay.await {
+            tracing::warn!(%error, "the outbox relay ended abnormally");
+        }
+        served.context("serving HTTP")
+    });
+    Ok((server, address))
+}
+
+/// Runs the worker on the current task until `shutdown` (the SDK's worker cannot be spawned).
+pub async fn run_worker(
+    client: temporalio_client::Client,
+    store: Store,
+    queue: &QueueArgs,
+    worker_args: &WorkerSettingsArgs,
+    chat: &ChatArgs,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let model = match &chat.anthropic_api_key {
+        Some(key) if !key.trim().is_empty() => Some(
+            AnthropicClient::new(
+                &chat.anthropic_base_url,
+                key.trim(),
+                Duration::from_secs(10),
+                chat.model_idle_timeout,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        _ => {
+            tracing::warn!("ANTHROPIC_API_KEY is not set: chat turns will answer with an error");
+            None
+        }
+    };
+    let settings = chat_settings(chat);
+    worker::run(
+        client,
+        WorkerSettings {
+            task_queue: queue.task_queue.clone(),
+            graceful_shutdown: worker_args.shutdown_grace,
+            sticky_timeout: worker_args.sticky_timeout,
+        },
+        Implementations {
+            chat: ChatActivities::new(store, model, settings),
+        },
+        shutdown,
+    )
+    .await
+}
+
+fn chat_settings(chat: &ChatArgs) -> ChatSettings {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let heartbeat_ms = millis(chat.turn_heartbeat_timeout);
+    ChatSettings {
+        model: chat.chat_model.clone(),
+        summary_model: chat
+            .summary_model
+            .clone()
+            .unwrap_or_else(|| chat.chat_model.clone()),
+        max_tokens: chat.chat_max_tokens,
+        history_limit: chat.history_limit,
+        flush_interval: chat.stream_flush,
+        flush_chars: 2048,
+        max_model_calls: 4,
+        // Well inside the timeout, so one late beat is not a missed deadline.
+        heartbeat_interval: Duration::from_millis((heartbeat_ms / 3).max(100)),
+        thread: ThreadConfig {
+            turns_per_run: chat.turns_per_run,
+            compaction_threshold: chat.compaction_threshold,
+            keep_recent: chat.keep_recent,
+            turn: ActivityTiming {
+                start_to_close_ms: millis(chat.turn_timeout),
+                heartbeat_ms,
+                retry_initial_ms: millis(chat.turn_retry_initial),
+                retry_max_ms: millis(chat.turn_retry_max),
+                retry_attempts: chat.turn_retry_attempts,
+            },
+            compaction: ActivityTiming {
+                start_to_close_ms: millis(chat.turn_timeout),
+                heartbeat_ms: 0,
+                retry_initial_ms: millis(chat.turn_retry_initial),
+                retry_max_ms: millis(chat.turn_retry_max),
+                retry_attempts: chat.turn_retry_attempts,
+            },
+        },
+    }
+}
+
+/// How this process names itself to Temporal (shown in the Web UI).
+pub fn identity(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("mainloop-{role}@{host}:{}", std::process::id())
+}

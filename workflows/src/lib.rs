@@ -1,0 +1,39 @@
+//! mainloop's Temporal workflows, the wire types of their inputs, signals and queries, and
+//! the assembly of a worker that runs them with their activities.
+//!
+//! Workflows decide, activities do: nothing here performs I/O, reads a clock or draws a
+//! random number except through the workflow context.
+
+pub mod connect;
+pub mod defaults;
+pub mod main_thread;
+pub mod payload;
+pub mod worker;
+
+use temporalio_common::search_attributes::SearchAttributeKey;
+
+pub use connect::TemporalSettings;
+pub use main_thread::{MainThreadInput, MainThreadWorkflow};
+
+/// Task queue of mainloop's workflows and activities unless configured otherwise.
+pub const DEFAULT_TASK_QUEUE: &str = "mainloop";
+
+/// Search attributes (registered on the namespace; see `temporal/`).
+pub const SEARCH_ATTRIBUTE_USER: SearchAttributeKey<String> =
+    SearchAttributeKey::keyword("MainloopUser");
+pub const SEARCH_ATTRIBUTE_TASK_STATUS: SearchAttributeKey<String> =
+    SearchAttributeKey::keyword("MainloopTaskStatus");
+pub const SEARCH_ATTRIBUTE_REPO: SearchAttributeKey<String> =
+    SearchAttributeKey::keyword("MainloopRepo");
+
+/// Every search attribute with its type, for registering them on a namespace.
+pub const SEARCH_ATTRIBUTES: &[(&str, &str)] = &[
+    ("MainloopUser", "Keyword"),
+    ("MainloopTaskStatus", "Keyword"),
+    ("MainloopRepo", "Keyword"),
+];
+
+/// Workflow id of a user's main thread.
+pub fn main_thread_id(user: &str) -> String {
+    format!("main-thread/{user}")
+}

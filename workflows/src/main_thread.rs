@@ -1,0 +1,444 @@
+//! `MainThreadWorkflow` (`main-thread/{user}`): the user's one continuous conversation.
+//!
+//! Inputs arrive as signals whose payload is stored first by the API and only referenced by
+//! id here, so history stays small. Payloads are taken raw and validated inside the
+//! workflow: a malformed signal is ignored with a visible notice and can never jam the
+//! workflow. Inputs are de-duplicated by id (the outbox delivers at least once) and handled
+//! one at a time, in arrival order: one chat turn per message.
+//!
+//! Decisions only; every effect is an activity. A turn that fails for good leaves a visible
+//! error in the thread instead of failing the workflow. The workflow continues as new every
+//! `turns_per_run` turns (or when the server suggests it), carrying what it has not handled
+//! yet.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use mainloop_activities::ChatActivities;
+use mainloop_activities::chat::{
+    ActivityTiming, CompactInput, FailTurnInput, NoticeInput, ThreadConfig, TurnInput, failure_type,
+};
+use serde::{Deserialize, Serialize};
+use temporalio_common::RetryPolicy;
+use temporalio_common::data_converters::RawValue;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::{
+    ActivityExecutionError, ActivityOptions, ContinueAsNewOptions, LocalActivityOptions,
+    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+};
+
+use crate::payload::{decode_json, describe_activity_error};
+use crate::{SEARCH_ATTRIBUTE_USER, defaults};
+
+/// Most input ids remembered for de-duplication. The outbox redelivers only what it could not
+/// confirm, moments later, so a window this size is far beyond any real duplicate distance;
+/// the turn activity is idempotent besides.
+const SEEN_WINDOW: usize = 512;
+
+/// The workflow's input: who it belongs to, and what a previous run handed over.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MainThreadInput {
+    pub user: String,
+    #[serde(default)]
+    pub carry: Carry,
+}
+
+/// State that crosses continue-as-new.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Carry {
+    /// Inputs received but not handled yet, in arrival order.
+    #[serde(default)]
+    pub pending: Vec<Inbound>,
+    /// Ids of recently handled inputs.
+    #[serde(default)]
+    pub seen: Vec<String>,
+    #[serde(default)]
+    pub turns_total: u64,
+    #[serde(default)]
+    pub compactions: u64,
+    #[serde(default)]
+    pub runs: u64,
+}
+
+/// A signal as received: its name and its payload decoded as JSON, or why that failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Inbound {
+    pub signal: String,
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Payload of the `message` signal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSignal {
+    pub message_id: String,
+}
+
+/// Payload of the `proposal_decision` signal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalDecisionSignal {
+    pub proposal_id: String,
+    /// `rejected` (confirming arrives with worker tasks).
+    pub decision: String,
+}
+
+/// What the `state` query reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThreadState {
+    pub user: String,
+    /// Message being answered now, if any.
+    pub answering: Option<String>,
+    pub pending: usize,
+    pub turns_total: u64,
+    pub turns_this_run: u32,
+    pub compactions: u64,
+    pub runs: u64,
+}
+
+#[workflow]
+pub struct MainThreadWorkflow {
+    user: String,
+    inbox: VecDeque<Inbound>,
+    seen: VecDeque<String>,
+    answering: Option<String>,
+    turns_total: u64,
+    turns_this_run: u32,
+    compactions: u64,
+    runs: u64,
+}
+
+enum Input {
+    Message(MessageSignal),
+    ProposalDecision(ProposalDecisionSignal),
+}
+
+#[workflow_methods]
+impl MainThreadWorkflow {
+    #[init]
+    pub fn new(_ctx: &WorkflowContextView, input: MainThreadInput) -> Self {
+        MainThreadWorkflow {
+            user: input.user,
+            inbox: input.carry.pending.into(),
+            seen: input.carry.seen.into(),
+            answering: None,
+            turns_total: input.carry.turns_total,
+            turns_this_run: 0,
+            compactions: input.carry.compactions,
+            runs: input.carry.runs + 1,
+        }
+    }
+
+    #[run]
+    pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<()> {
+        let user = ctx.state(|s| s.user.clone());
+        if ctx
+            .search_attributes()
+            .get(&SEARCH_ATTRIBUTE_USER)
+            .is_none()
+        {
+            ctx.upsert_search_attributes([SEARCH_ATTRIBUTE_USER.value_set(user.clone())]);
+        }
+        let config = ctx
+            .execute_local_activity(
+                ChatActivities::thread_config,
+                (),
+                local_options(Duration::from_secs(10)),
+            )
+            .await
+            // The worker always has a configuration; should the call fail anyway, the compiled
+            // defaults are as deterministic as a recorded result.
+            .unwrap_or_else(|_| defaults::thread_config());
+
+        loop {
+            ctx.wait_condition(|s| !s.inbox.is_empty()).await?;
+            let Some(inbound) = ctx.state_mut(|s| s.inbox.pop_front()) else {
+                continue;
+            };
+            match parse(&inbound) {
+                Ok(Input::Message(message)) => {
+                    if remember(ctx, &message.message_id) {
+                        turn(ctx, &config, &user, &message.message_id).await;
+                    }
+                }
+                Ok(Input::ProposalDecision(decision)) => {
+                    // The store already holds the decision; the thread only needs to know of
+                    // it once. Confirmations start worker tasks (next milestone).
+                    remember(ctx, &format!("proposal:{}", decision.proposal_id));
+                }
+                Err(reason) => {
+                    notice(
+                        ctx,
+                        &user,
+                        "warning",
+                        format!("Ignored a `{}` signal: {reason}", inbound.signal),
+                    )
+                    .await;
+                }
+            }
+            let (turns_this_run, pending) = ctx.state(|s| (s.turns_this_run, s.inbox.len()));
+            if turns_this_run >= config.turns_per_run.max(1) || ctx.continue_as_new_suggested() {
+                let carry = ctx.state(|s| Carry {
+                    pending: s.inbox.iter().cloned().collect(),
+                    seen: s.seen.iter().cloned().collect(),
+                    turns_total: s.turns_total,
+                    compactions: s.compactions,
+                    runs: s.runs,
+                });
+                tracing::debug!(pending, "continuing as new");
+                ctx.continue_as_new(
+                    MainThreadInput {
+                        user: user.clone(),
+                        carry,
+                    },
+                    ContinueAsNewOptions::default(),
+                )?;
+            }
+        }
+    }
+
+    #[signal(name = "message")]
+    pub fn message(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
+        self.inbox.push_back(inbound("message", payload));
+    }
+
+    #[signal(name = "proposal_decision")]
+    pub fn proposal_decision(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
+        self.inbox.push_back(inbound("proposal_decision", payload));
+    }
+
+    #[query(name = "state")]
+    pub fn state(&self, _ctx: &WorkflowContextView) -> ThreadState {
+        ThreadState {
+            user: self.user.clone(),
+            answering: self.answering.clone(),
+            pending: self.inbox.len(),
+            turns_total: self.turns_total,
+            turns_this_run: self.turns_this_run,
+            compactions: self.compactions,
+            runs: self.runs,
+        }
+    }
+}
+
+fn inbound(signal: &str, payload: RawValue) -> Inbound {
+    match decode_json(&payload) {
+        Ok(value) => Inbound {
+            signal: signal.to_string(),
+            payload: Some(value),
+            error: None,
+        },
+        Err(error) => Inbound {
+            signal: signal.to_string(),
+            payload: None,
+            error: Some(error),
+        },
+    }
+}
+
+/// Validates a received signal. The reason comes back to the user verbatim.
+fn parse(inbound: &Inbound) -> Result<Input, String> {
+    if let Some(error) = &inbound.error {
+        return Err(error.clone());
+    }
+    let payload = inbound.payload.clone().unwrap_or(serde_json::Value::Null);
+    let non_empty = |id: &str, field: &str| {
+        if id.trim().is_empty() || id.len() > 200 {
+            Err(format!("`{field}` must be a non-empty id"))
+        } else {
+            Ok(())
+        }
+    };
+    match inbound.signal.as_str() {
+        "message" => {
+            let message: MessageSignal = serde_json::from_value(payload)
+                .map_err(|e| format!("expected {{\"message_id\": \"…\"}} ({e})"))?;
+            non_empty(&message.message_id, "message_id")?;
+            Ok(Input::Message(message))
+        }
+        "proposal_decision" => {
+            let decision: ProposalDecisionSignal =
+                serde_json::from_value(payload).map_err(|e| {
+                    format!("expected {{\"proposal_id\": \"…\", \"decision\": \"rejected\"}} ({e})")
+                })?;
+            non_empty(&decision.proposal_id, "proposal_id")?;
+            if decision.decision != "rejected" {
+                return Err(format!("unknown decision {:?}", decision.decision));
+            }
+            Ok(Input::ProposalDecision(decision))
+        }
+        other => Err(format!("unknown signal {other:?}")),
+    }
+}
+
+/// Records an input id; false if it was handled already.
+fn remember(ctx: &WorkflowContext<MainThreadWorkflow>, id: &str) -> bool {
+    ctx.state_mut(|s| {
+        if s.seen.iter().any(|seen| seen == id) {
+            return false;
+        }
+        s.seen.push_back(id.to_string());
+        while s.seen.len() > SEEN_WINDOW {
+            s.seen.pop_front();
+        }
+        true
+    })
+}
+
+/// One chat turn, then compaction if the thread has grown past the threshold. Never fails:
+/// what went wrong ends up in the thread.
+async fn turn(
+    ctx: &mut WorkflowContext<MainThreadWorkflow>,
+    config: &ThreadConfig,
+    user: &str,
+    message_id: &str,
+) {
+    ctx.state_mut(|s| s.answering = Some(message_id.to_string()));
+    let result = ctx
+        .execute_activity(
+            ChatActivities::respond,
+            TurnInput {
+                user: user.to_string(),
+                message_id: message_id.to_string(),
+            },
+            activity_options(&config.turn),
+        )
+        .await;
+    ctx.state_mut(|s| {
+        s.answering = None;
+        s.turns_total += 1;
+        s.turns_this_run += 1;
+    });
+    let unsummarized = match result {
+        Ok(output) => output.unsummarized,
+        Err(error) => {
+            fail_turn(ctx, user, message_id, &error).await;
+            return;
+        }
+    };
+    if unsummarized <= config.compaction_threshold {
+        return;
+    }
+    let key = ctx.state_mut(|s| {
+        s.compactions += 1;
+        format!("{user}/compaction/{}", s.compactions)
+    });
+    let compacted = ctx
+        .execute_activity(
+            ChatActivities::compact,
+            CompactInput {
+                user: user.to_string(),
+                key,
+                keep_recent: config.keep_recent,
+            },
+            activity_options(&config.compaction),
+        )
+        .await;
+    if let Err(error) = compacted {
+        let (_, detail) = describe_activity_error(&error);
+        notice(
+            ctx,
+            user,
+            "warning",
+            format!("Older messages could not be summarised yet: {detail}"),
+        )
+        .await;
+    }
+}
+
+/// Leaves a visible error where the reply should be.
+async fn fail_turn(
+    ctx: &mut WorkflowContext<MainThreadWorkflow>,
+    user: &str,
+    message_id: &str,
+    error: &ActivityExecutionError,
+) {
+    let (kind, detail) = describe_activity_error(error);
+    if kind.as_deref() == Some(failure_type::MESSAGE_NOT_FOUND) {
+        notice(
+            ctx,
+            user,
+            "warning",
+            format!("Ignored a message signal: {detail}"),
+        )
+        .await;
+        return;
+    }
+    let reason = match kind.as_deref() {
+        Some(failure_type::MODEL_NOT_CONFIGURED) => {
+            format!("I can't reply: {detail}. Once it is set, send your message again.")
+        }
+        Some(failure_type::MODEL_REJECTED) => {
+            format!("I couldn't reply: the model API refused the request ({detail}).")
+        }
+        _ => format!(
+            "I couldn't reply: the model API kept failing ({detail}). Send your message again to \
+             retry."
+        ),
+    };
+    let recorded = ctx
+        .execute_local_activity(
+            ChatActivities::fail_turn,
+            FailTurnInput {
+                user: user.to_string(),
+                message_id: message_id.to_string(),
+                reason,
+            },
+            local_options(Duration::from_secs(30)),
+        )
+        .await;
+    if let Err(error) = recorded {
+        tracing::error!(%error, "could not record a failed turn");
+    }
+}
+
+async fn notice(
+    ctx: &mut WorkflowContext<MainThreadWorkflow>,
+    user: &str,
+    level: &str,
+    text: String,
+) {
+    let recorded = ctx
+        .execute_local_activity(
+            ChatActivities::notice,
+            NoticeInput {
+                user: user.to_string(),
+                level: level.to_string(),
+                text,
+            },
+            local_options(Duration::from_secs(30)),
+        )
+        .await;
+    if let Err(error) = recorded {
+        tracing::error!(%error, "could not record a notice");
+    }
+}
+
+fn activity_options(timing: &ActivityTiming) -> ActivityOptions {
+    let retry = RetryPolicy::builder()
+        .initial_interval(Duration::from_millis(timing.retry_initial_ms.max(1)))
+        .backoff_coefficient(2.0)
+        .maximum_interval(Duration::from_millis(timing.retry_max_ms.max(1)))
+        .maximum_attempts(timing.retry_attempts)
+        .build();
+    let builder = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(
+        timing.start_to_close_ms.max(1),
+    ))
+    .retry_policy(retry);
+    if timing.heartbeat_ms > 0 {
+        builder
+            .heartbeat_timeout(Duration::from_millis(timing.heartbeat_ms))
+            .build()
+    } else {
+        builder.build()
+    }
+}
+
+fn local_options(timeout: Duration) -> LocalActivityOptions {
+    LocalActivityOptions::builder()
+        .start_to_close_timeout(timeout)
+        .build()
+}

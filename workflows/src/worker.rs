@@ -1,0 +1,143 @@
+//! A Temporal worker for mainloop's task queue: its workflows and activities, registration of
+//! the search attributes they use, and a run loop that outlives Temporal outages and drains
+//! gracefully on shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mainloop_activities::ChatActivities;
+use temporalio_client::Client;
+use temporalio_client::tonic::IntoRequest;
+use temporalio_common::protos::temporal::api::enums::v1::IndexedValueType;
+use temporalio_common::protos::temporal::api::operatorservice::v1::{
+    AddSearchAttributesRequest, ListSearchAttributesRequest,
+};
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::{MainThreadWorkflow, SEARCH_ATTRIBUTES};
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub task_queue: String,
+    /// How long running activities may take to finish once shutdown begins.
+    pub graceful_shutdown: Duration,
+    /// How long a cached workflow's task waits for this worker before any worker may take it.
+    pub sticky_timeout: Duration,
+}
+
+/// Everything a worker executes.
+pub struct Implementations {
+    pub chat: ChatActivities,
+}
+
+/// Runs a worker until `shutdown` is cancelled. A worker that stops on its own (Temporal
+/// unreachable for too long, say) is rebuilt after a pause, so a long outage delays work but
+/// never ends the process.
+///
+/// The future is `!Send` (the SDK's worker is): run it on the main task, not `tokio::spawn`.
+pub async fn run(
+    client: Client,
+    settings: WorkerSettings,
+    implementations: Implementations,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let runtime = Runtime::from_current_tokio(Default::default())
+        .map_err(|e| anyhow::anyhow!("creating the Temporal runtime: {e}"))?;
+    let chat = Arc::new(implementations.chat);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let options = WorkerOptions::new(settings.task_queue.clone())
+            .register_workflow::<MainThreadWorkflow>()?
+            .register_activities(ArcChat(chat.clone()))
+            .graceful_shutdown_period(settings.graceful_shutdown)
+            .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
+            .build();
+        let mut worker = Worker::new(&runtime, client.clone(), options)
+            .map_err(|e| anyhow::anyhow!("creating the worker: {e}"))?;
+        let stop = worker.shutdown_handle();
+        let result = {
+            let run = worker.run();
+            tokio::pin!(run);
+            tokio::select! {
+                result = &mut run => result,
+                () = shutdown.cancelled() => {
+                    tracing::info!("worker draining");
+                    stop();
+                    run.await
+                }
+            }
+        };
+        if shutdown.is_cancelled() {
+            return result.map_err(|e| anyhow::anyhow!("worker: {e}"));
+        }
+        match result {
+            Ok(()) => tracing::warn!("worker stopped on its own; restarting it"),
+            Err(error) => tracing::error!(%error, "worker failed; restarting it"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Registers the instance behind an `Arc` so that a rebuilt worker shares it.
+struct ArcChat(Arc<ChatActivities>);
+
+impl temporalio_sdk::activities::ActivityImplementer for ArcChat {
+    fn register_all(self: Arc<Self>, defs: &mut temporalio_sdk::activities::ActivityDefinitions) {
+        self.0.clone().register_all(defs);
+    }
+}
+
+/// Adds mainloop's search attributes to `namespace` where missing. Dev servers get them from
+/// flags; a real cluster gets them here, or from the set-up job of the deployment if this
+/// identity may not change the namespace (then this only logs).
+pub async fn ensure_search_attributes(client: &Client, namespace: &str) -> Result<()> {
+    let mut operator = client.connection().operator_service();
+    let existing = operator
+        .list_search_attributes(
+            ListSearchAttributesRequest {
+                namespace: namespace.to_string(),
+            }
+            .into_request(),
+        )
+        .await
+        .context("listing search attributes")?
+        .into_inner();
+    let missing: HashMap<String, i32> = SEARCH_ATTRIBUTES
+        .iter()
+        .filter(|(name, _)| !existing.custom_attributes.contains_key(*name))
+        .map(|(name, kind)| {
+            let kind = match *kind {
+                "Keyword" => IndexedValueType::Keyword,
+                "Text" => IndexedValueType::Text,
+                "Int" => IndexedValueType::Int,
+                "Bool" => IndexedValueType::Bool,
+                "Double" => IndexedValueType::Double,
+                "Datetime" => IndexedValueType::Datetime,
+                _ => IndexedValueType::KeywordList,
+            };
+            (name.to_string(), kind as i32)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(attributes = ?missing.keys().collect::<Vec<_>>(), namespace, "registering search attributes");
+    operator
+        .add_search_attributes(
+            AddSearchAttributesRequest {
+                search_attributes: missing,
+                namespace: namespace.to_string(),
+            }
+            .into_request(),
+        )
+        .await
+        .context("registering search attributes")?;
+    Ok(())
+}
