@@ -20,9 +20,11 @@ pub fn permanent(type_name: &str, message: impl Into<String>) -> ActivityError {
 /// A failure worth retrying, after `delay` if the other side asked for one.
 pub fn retryable(message: impl Into<String>, delay: Option<Duration>) -> ActivityError {
     let builder = ApplicationFailure::builder(message.into());
+    // Temporal reads a zero delay as "no time left" and stops retrying: "retry now" is the
+    // policy's own backoff.
     let failure = match delay {
-        Some(delay) => builder.next_retry_delay(delay).build(),
-        None => builder.build(),
+        Some(delay) if !delay.is_zero() => builder.next_retry_delay(delay).build(),
+        _ => builder.build(),
     };
     ActivityError::Application(Box::new(failure))
 }

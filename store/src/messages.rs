@@ -336,10 +336,7 @@ impl Store {
             .await?
         });
         history.reverse();
-        let history = history
-            .into_iter()
-            .map(|row| row.into_message(Vec::new()))
-            .collect::<Result<Vec<_>>>()?;
+        let history = self.with_proposals(user, history).await?;
         let recent_repos = self.recent_repos(user, 5).await?;
         Ok(TurnContext {
             message,

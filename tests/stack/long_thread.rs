@@ -1,0 +1,121 @@
+//! A long conversation: hundreds of turns through several continue-as-new runs, compacted
+//! along the way. None lost, none answered twice, every message summarised exactly once.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use mainloop_testkit::anthropic::Reply;
+use serde_json::Value;
+
+use crate::harness::{Stack, USER, WAIT, assert_one_reply_each, chat_requests, is_summary};
+
+const MESSAGES: usize = 200;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_messages_pass_through_continue_as_new_and_compaction_exactly_once()
+-> Result<()> {
+    let stack = Stack::start_with(&[
+        ("MAINLOOP_TURNS_PER_RUN", "60"),
+        ("MAINLOOP_COMPACTION_THRESHOLD", "16"),
+        ("MAINLOOP_KEEP_RECENT", "6"),
+        ("MAINLOOP_HISTORY_LIMIT", "10"),
+    ])
+    .await?;
+    // Summaries are short and numbered so that what a summary request carries as new
+    // messages can be told apart from the summary it extends.
+    stack.anthropic.set_default(|request| {
+        if is_summary(request) {
+            Reply::text(format!("summary-{}", request.messages().len()))
+        } else {
+            Reply::text(format!(
+                "reply to {}",
+                request.last_user_text().unwrap_or_default()
+            ))
+        }
+    });
+    for i in 0..MESSAGES {
+        stack
+            .post(&format!("msg-{i:03}"), &format!("k-{i}"))
+            .await?;
+    }
+    let thread = stack.wait_for_replies(MESSAGES, WAIT * 5).await?;
+    assert_eq!(thread.len(), 2 * MESSAGES);
+    assert_one_reply_each(&thread);
+    for message in thread.iter().filter(|m| m.reply_to.is_some()) {
+        assert!(message.content.starts_with("reply to msg-"), "{message:?}");
+    }
+
+    // One turn per message, in order.
+    let asked: Vec<String> = chat_requests(&stack.anthropic)
+        .iter()
+        .filter_map(|r| r.last_user_text())
+        .collect();
+    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("msg-{i:03}")).collect();
+    assert_eq!(asked, expected);
+
+    // At least three continue-as-new runs.
+    let state = stack
+        .temporal
+        .cli(&[
+            "workflow",
+            "query",
+            "-w",
+            &format!("main-thread/{USER}"),
+            "--name",
+            "state",
+            "-o",
+            "json",
+        ])
+        .await?;
+    let state: Value = serde_json::from_str(&state).context("query output")?;
+    let runs = state["queryResult"][0]["runs"]
+        .as_u64()
+        .or_else(|| state["queryResult"]["runs"].as_u64())
+        .with_context(|| format!("no runs in {state}"))?;
+    assert!(runs >= 4, "only {runs} runs: {state}");
+    let listed = stack
+        .temporal
+        .cli(&[
+            "workflow",
+            "list",
+            "-q",
+            &format!("WorkflowId = 'main-thread/{USER}'"),
+            "-o",
+            "json",
+        ])
+        .await?;
+    assert!(listed.matches("CONTINUED_AS_NEW").count() >= 3, "{listed}");
+
+    // Each message (user and assistant) went into exactly one summary request as a new message.
+    let mut summarised: HashMap<String, usize> = HashMap::new();
+    for request in stack.anthropic.requests().iter().filter(|r| is_summary(r)) {
+        let text = request.last_user_text().unwrap_or_default();
+        let new = text
+            .split("<new_messages>")
+            .nth(1)
+            .and_then(|rest| rest.split("</new_messages>").next())
+            .context("no new messages in a summary request")?;
+        for line in new.lines().filter(|l| !l.trim().is_empty()) {
+            *summarised.entry(line.trim().to_string()).or_default() += 1;
+        }
+    }
+    assert!(!summarised.is_empty(), "nothing was compacted");
+    let repeated: Vec<_> = summarised.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "summarised more than once: {repeated:?}"
+    );
+    // The ledger agrees: contiguous ranges, each message once.
+    let compactions = stack.store.compactions(USER).await?;
+    for pair in compactions.windows(2) {
+        assert_eq!(pair[0].through_seq + 1, pair[1].from_seq, "{compactions:?}");
+    }
+    let folded: i64 = compactions.iter().map(|c| c.message_count).sum();
+    assert_eq!(folded as usize, summarised.len());
+    let (_, through) = stack.store.summary(USER).await?;
+    assert_eq!(
+        through,
+        compactions.last().map(|c| c.through_seq).unwrap_or(0)
+    );
+    Ok(())
+}

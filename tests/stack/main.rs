@@ -1,0 +1,8 @@
+//! Whole-system tests: the `mainloop` binary against a real Temporal dev server and a real
+//! PostgreSQL, with only the Anthropic API faked at its wire.
+
+mod chat;
+mod dev;
+mod faults;
+mod harness;
+mod long_thread;
