@@ -126,7 +126,9 @@ impl AuthConfig {
             let given = value
                 .to_str()
                 .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token)
                 .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
             return if self.token_matches(given.trim()) {
                 Ok(self.user.clone())
@@ -137,7 +139,7 @@ impl AuthConfig {
         match session_cookie(headers) {
             Some(cookie) if Self::session_valid(token, &cookie) => Ok(self.user.clone()),
             Some(_) => Err(ApiError::unauthorized(
-                "your session has expired; log in again",
+                "your session is invalid or has expired; log in again",
             )),
             None => Err(ApiError::unauthorized(
                 "log in, or send Authorization: Bearer <token>",

@@ -1,7 +1,8 @@
 //! Extractors that reject bad input with our error shape: JSON bodies (syntax, unknown and
 //! missing fields, wrong types, size, content type) and query strings.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -9,7 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, code};
 
-/// A JSON body; request types use `#[serde(deny_unknown_fields)]`.
+/// A JSON object body; request types use `#[serde(deny_unknown_fields)]`. Anything but an
+/// object is refused, even where serde would accept a struct written as an array, and so
+/// are duplicate keys.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -20,45 +23,74 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as application/json",
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    code::PAYLOAD_TOO_LARGE,
+                    "the body is larger than this server accepts",
+                )
+            } else {
+                ApiError::bad_request(code::INVALID_BODY, rejection.body_text())
+            }
+        })?;
+        let malformed =
+            || ApiError::bad_request(code::MALFORMED_JSON, "the body is not valid JSON");
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                    Ok(_) => ApiError::unprocessable(
+                        code::INVALID_BODY,
+                        "the body must be a JSON object",
+                    ),
+                    Err(_) => malformed(),
+                },
+            );
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            if !inner.is_data() {
+                return malformed();
+            }
+            let message = inner.to_string();
+            if message.starts_with("unknown field") {
+                ApiError::unprocessable(code::UNKNOWN_FIELD, message)
+            } else if path == "." {
+                ApiError::unprocessable(code::INVALID_BODY, message)
+            } else {
+                ApiError::unprocessable(code::INVALID_BODY, format!("{path}: {message}"))
+            }
+        })?;
+        deserializer.end().map_err(|_| malformed())?;
+        Ok(ApiJson(value))
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let detail = rejection.body_text();
-    match rejection {
-        JsonRejection::JsonDataError(_) => {
-            // serde's message names the field; keep the part after axum's preamble.
-            let message = detail
-                .split_once(": ")
-                .map(|(_, rest)| rest.to_string())
-                .unwrap_or(detail);
-            if message.starts_with("unknown field") {
-                ApiError::unprocessable(code::UNKNOWN_FIELD, message)
-            } else {
-                ApiError::unprocessable(code::INVALID_BODY, message)
-            }
-        }
-        JsonRejection::JsonSyntaxError(_) => {
-            ApiError::bad_request(code::MALFORMED_JSON, "the body is not valid JSON")
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code::UNSUPPORTED_MEDIA_TYPE,
-            "send the body as application/json",
-        ),
-        JsonRejection::BytesRejection(bytes) if bytes.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                code::PAYLOAD_TOO_LARGE,
-                "the body is larger than this server accepts",
-            )
-        }
-        other => ApiError::bad_request(code::INVALID_BODY, other.body_text()),
-    }
+/// `application/json`, or a `+json` type, with any parameters.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// A query string; query types use `#[serde(deny_unknown_fields)]`.

@@ -33,7 +33,9 @@ pub struct ListQuery {
 pub struct MessagePage {
     /// Oldest first.
     pub messages: Vec<Message>,
-    /// Pass as `before` to get the previous page; absent on the first message.
+    /// Pass as `before` to get the previous page; absent when this page reaches the first
+    /// message.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_before: Option<i64>,
     /// Follow `GET /api/events?after=` from here to miss nothing that happens after this page
     /// was read.

@@ -20,7 +20,7 @@ pub struct Login {
 }
 
 #[utoipa::path(
-    post, path = "/api/login", tag = "session",
+    post, path = "/api/login", security(()), tag = "session",
     request_body = Login,
     responses(
         (status = 204, description = "Logged in: an HttpOnly, SameSite=Strict session cookie is set"),
@@ -48,7 +48,7 @@ pub async fn login(
 }
 
 #[utoipa::path(
-    post, path = "/api/logout", tag = "session",
+    post, path = "/api/logout", security(()), tag = "session",
     responses((status = 204, description = "The session cookie is cleared"))
 )]
 pub async fn logout(headers: HeaderMap) -> ApiResult<Response> {
@@ -87,7 +87,7 @@ pub struct SessionInfo {
 }
 
 #[utoipa::path(
-    get, path = "/api/session", tag = "session",
+    get, path = "/api/session", security(()), tag = "session",
     responses((status = 200, body = SessionInfo))
 )]
 pub async fn info(State(state): State<AppState>, headers: HeaderMap) -> Json<SessionInfo> {

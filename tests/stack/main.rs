@@ -5,4 +5,5 @@ mod chat;
 mod dev;
 mod faults;
 mod harness;
+mod histories;
 mod long_thread;

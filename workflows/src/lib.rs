@@ -8,6 +8,7 @@ pub mod connect;
 pub mod defaults;
 pub mod main_thread;
 pub mod payload;
+pub mod replay;
 pub mod worker;
 
 use temporalio_common::search_attributes::SearchAttributeKey;
