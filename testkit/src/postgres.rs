@@ -203,15 +203,15 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         // Immediate shutdown lets the postmaster take its backends and shared memory down;
         // a bare SIGKILL would leave both behind.
-        if let Some(mut child) = self.child.take() {
-            if child.signal(libc::SIGQUIT).is_ok() {
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline {
-                    if !matches!(child.try_wait(), Ok(None)) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
+        if let Some(mut child) = self.child.take()
+            && child.signal(libc::SIGQUIT).is_ok()
+        {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }

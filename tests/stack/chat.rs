@@ -175,8 +175,13 @@ async fn a_proposal_is_stored_shown_and_can_be_rejected() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn model_errors_are_retried_and_permanent_ones_become_a_visible_error() -> Result<()> {
-    let stack = Stack::start().await?;
-    // Transient: rate limited, overloaded, then failing mid-stream; the fourth call works.
+    let stack = Stack::start_with(&[
+        ("MAINLOOP_MODEL_IDLE_TIMEOUT", "1s"),
+        ("MAINLOOP_TURN_RETRY_ATTEMPTS", "8"),
+    ])
+    .await?;
+    // Transient: rate limited, overloaded, failing mid-stream, the connection dropped, the
+    // model going silent; the sixth call works.
     stack
         .anthropic
         .push(Reply::error(429, "rate_limit_error", "slow down").retry_after(0));
@@ -184,6 +189,10 @@ async fn model_errors_are_retried_and_permanent_ones_become_a_visible_error() ->
     stack
         .anthropic
         .push(Reply::stream_error_after(3, "overloaded_error"));
+    stack.anthropic.push(Reply::hang_up_after(2));
+    stack
+        .anthropic
+        .push(Reply::text("too late").with_first_token_delay(Duration::from_secs(3)));
     stack.anthropic.push(Reply::text("Finally, an answer."));
     let first = stack.post("are you there?", "k1").await?;
     let thread = stack.wait_for_replies(1, WAIT).await?;
@@ -191,7 +200,7 @@ async fn model_errors_are_retried_and_permanent_ones_become_a_visible_error() ->
     assert_eq!(reply.len(), 1);
     assert_eq!(reply[0].kind, MessageKind::Chat, "{}", reply[0].content);
     assert_eq!(reply[0].content, "Finally, an answer.");
-    assert_eq!(chat_requests(&stack.anthropic).len(), 4);
+    assert_eq!(chat_requests(&stack.anthropic).len(), 6);
 
     // Permanent: the API refuses the key. The turn ends in a visible error, not a silence.
     stack.anthropic.push(Reply::error(
@@ -208,7 +217,7 @@ async fn model_errors_are_retried_and_permanent_ones_become_a_visible_error() ->
     assert!(reply[0].content.contains("authentication_error"));
     assert_eq!(
         chat_requests(&stack.anthropic).len(),
-        5,
+        7,
         "a permanent error is not retried"
     );
 

@@ -1,0 +1,63 @@
+//! The README's configuration table is the users' reference: it must list every variable the
+//! binary reads, and nothing it does not.
+
+use std::collections::BTreeSet;
+
+use clap::CommandFactory;
+use mainloop::config::Cli;
+
+fn cli_variables() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut stack = vec![Cli::command()];
+    while let Some(command) = stack.pop() {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                names.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        stack.extend(command.get_subcommands().cloned());
+    }
+    names
+}
+
+fn readme_variables() -> BTreeSet<String> {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap_or_default();
+    table
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .filter_map(|line| line.split('|').nth(1))
+        .flat_map(|cell| cell.split(','))
+        .map(|name| {
+            name.trim()
+                .trim_matches('`')
+                .trim_end_matches('*')
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_documents_every_variable_and_only_real_ones() {
+    let cli = cli_variables();
+    let readme = readme_variables();
+    let undocumented: Vec<_> = cli.difference(&readme).collect();
+    assert!(
+        undocumented.is_empty(),
+        "add to the README's table: {undocumented:?}"
+    );
+    // Variables read outside clap: the log filter and Temporal's standard connection settings.
+    let outside_clap = |name: &str| name == "RUST_LOG" || name.starts_with("TEMPORAL_");
+    let unknown: Vec<_> = readme
+        .difference(&cli)
+        .filter(|name| !outside_clap(name))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the README documents variables the binary does not read: {unknown:?}"
+    );
+}
