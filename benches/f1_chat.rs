@@ -95,7 +95,7 @@ async fn bench() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let dir = tempfile::tempdir()?;
-    let temporal = DevServer::start(DevServerOptions::for_tests()?).await?;
+    let temporal = DevServer::start(DevServerOptions::ephemeral()?).await?;
     let anthropic = FakeAnthropic::start().await?;
     let port = free_port()?;
     let settings = Settings::parse_from([

@@ -3,9 +3,9 @@
 //! API on SQLite, prints the URLs, and on Ctrl-C stops everything in reverse order.
 
 use anyhow::{Context, Result};
-use mainloop_api::TemporalLink;
+use mainloop_api::{ApiSettings, TemporalLink};
 use mainloop_testkit::temporal::{DevServer, DevServerOptions, find_temporal};
-use mainloop_workflows::TemporalSettings;
+use mainloop_workflows::{SEARCH_ATTRIBUTES, TemporalSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DevArgs;
@@ -13,14 +13,18 @@ use crate::run::{api_settings, data_dir, identity, open_store, run_worker, start
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     // Refuse bad settings before starting anything.
-    api_settings(&args.api, &args.queue)?;
+    let api = api_settings(&args.api, &args.queue)?;
     let data = data_dir(&args.store)?;
     let binary = match &args.temporal_bin {
         Some(path) => path.clone(),
         None => find_temporal()?,
     };
-    let mut options = DevServerOptions::for_tests()?;
+    let mut options = DevServerOptions::ephemeral()?;
     options.binary = binary;
+    options.search_attributes = SEARCH_ATTRIBUTES
+        .iter()
+        .map(|(name, kind)| (name.to_string(), kind.to_string()))
+        .collect();
     options.port = Some(args.temporal_port);
     options.ui_port = Some(args.temporal_ui_port);
     options.db_file = Some(data.join("temporal.db"));
@@ -32,7 +36,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
             data.join("temporal.log").display()
         )
     })?;
-    let result = run_services(&args, &temporal, shutdown).await;
+    let result = run_services(&args, api, &temporal, shutdown).await;
     if let Err(error) = temporal.stop().await {
         tracing::warn!(%error, "stopping the Temporal dev server");
     }
@@ -41,6 +45,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
 
 async fn run_services(
     args: &DevArgs,
+    api: ApiSettings,
     temporal: &DevServer,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -55,7 +60,7 @@ async fn run_services(
     let api_shutdown = CancellationToken::new();
     let (server, address) = start_api(
         args.api.listen,
-        api_settings(&args.api, &args.queue)?,
+        api,
         store.clone(),
         TemporalLink::connected(client.clone()),
         &api_shutdown,

@@ -221,9 +221,12 @@ impl ChatActivities {
         }
         let reply_id = started.message.id.clone();
         let heartbeat = spawn_heartbeat(ctx.clone(), self.settings.heartbeat_interval);
-        let result = self
-            .converse(&model, &input.user, &reply_id, started.attempt, &context)
-            .await;
+        // Temporal cancels an attempt it has given up on (timed out, say): stop streaming then,
+        // rather than compete with the attempt that replaces it.
+        let result = tokio::select! {
+            result = self.converse(&model, &input.user, &reply_id, started.attempt, &context) => result,
+            _ = ctx.cancelled() => Err(ActivityError::cancelled()),
+        };
         heartbeat.abort();
         let outcome = result?;
         let usage = Usage {
@@ -235,6 +238,7 @@ impl ChatActivities {
             .finish_reply(
                 &input.user,
                 &reply_id,
+                Some(started.attempt),
                 MessageKind::Chat,
                 &outcome.text,
                 Some(&usage),

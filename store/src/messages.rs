@@ -457,12 +457,14 @@ impl Store {
         Ok(())
     }
 
-    /// Completes a streaming reply with its full text. Completing a reply that is already
-    /// complete changes nothing and returns it as stored.
+    /// Completes a streaming reply with its full text. With `attempt`, only that attempt may
+    /// complete it: an older attempt that outlived its timeout cannot overwrite a newer one.
+    /// Completing a reply that is already complete changes nothing and returns it as stored.
     pub async fn finish_reply(
         &self,
         user: &str,
         message_id: &str,
+        attempt: Option<i64>,
         kind: MessageKind,
         content: &str,
         usage: Option<&Usage>,
@@ -472,7 +474,8 @@ impl Store {
             let updated = sqlx::query(
                 "UPDATE messages SET kind = $1, content = $2, status = 'complete', \
                  completed_at = $3, model = $4, input_tokens = $5, output_tokens = $6 \
-                 WHERE id = $7 AND user_id = $8 AND status = 'streaming'",
+                 WHERE id = $7 AND user_id = $8 AND status = 'streaming' \
+                 AND ($9 IS NULL OR attempt = $9)",
             )
             .bind(kind_str(kind))
             .bind(content)
@@ -482,6 +485,7 @@ impl Store {
             .bind(usage.map(|u| u.output_tokens))
             .bind(message_id)
             .bind(user)
+            .bind(attempt)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -531,8 +535,15 @@ impl Store {
         if started.already_complete {
             return Ok(started.message);
         }
-        self.finish_reply(user, &started.message.id, MessageKind::Error, text, None)
-            .await
+        self.finish_reply(
+            user,
+            &started.message.id,
+            Some(started.attempt),
+            MessageKind::Error,
+            text,
+            None,
+        )
+        .await
     }
 
     /// Number of complete messages not yet folded into the summary.

@@ -198,6 +198,19 @@ async fn a_reply_is_created_once_and_completed_once(store: &Store) -> Result<()>
     store
         .append_reply_text("alice", &first.message.id, 2, "fo")
         .await?;
+    // Attempt 1 outlived its timeout: it may no longer complete the reply attempt 2 owns.
+    let stale = store
+        .finish_reply(
+            "alice",
+            &first.message.id,
+            Some(1),
+            MessageKind::Chat,
+            "stale",
+            None,
+        )
+        .await?;
+    assert_eq!(stale.status, MessageStatus::Streaming);
+    assert_eq!(stale.content, "");
     let usage = Usage {
         model: "claude-test".into(),
         input_tokens: 12,
@@ -207,6 +220,7 @@ async fn a_reply_is_created_once_and_completed_once(store: &Store) -> Result<()>
         .finish_reply(
             "alice",
             &first.message.id,
+            Some(2),
             MessageKind::Chat,
             "four",
             Some(&usage),
@@ -218,7 +232,14 @@ async fn a_reply_is_created_once_and_completed_once(store: &Store) -> Result<()>
     // Completing again changes nothing and announces nothing.
     let events_before = store.events_after("alice", 0, 100).await?.len();
     let again = store
-        .finish_reply("alice", &first.message.id, MessageKind::Chat, "five", None)
+        .finish_reply(
+            "alice",
+            &first.message.id,
+            None,
+            MessageKind::Chat,
+            "five",
+            None,
+        )
         .await?;
     assert_eq!(again.content, "four");
     let third = store.start_reply("alice", &question.id).await?;
@@ -266,7 +287,14 @@ async fn failing_a_turn_leaves_a_visible_error(store: &Store) -> Result<()> {
         .message;
     let reply = store.start_reply("alice", &q2.id).await?;
     store
-        .finish_reply("alice", &reply.message.id, MessageKind::Chat, "hello", None)
+        .finish_reply(
+            "alice",
+            &reply.message.id,
+            None,
+            MessageKind::Chat,
+            "hello",
+            None,
+        )
         .await?;
     let kept = store.fail_reply("alice", &q2.id, "late failure").await?;
     assert_eq!(
@@ -288,11 +316,11 @@ async fn turn_context_puts_replies_after_their_messages(store: &Store) -> Result
         .await?
         .message;
     store
-        .finish_reply("alice", &r1.id, MessageKind::Chat, "r1", None)
+        .finish_reply("alice", &r1.id, None, MessageKind::Chat, "r1", None)
         .await?;
     let r2 = store.start_reply("alice", &m2.id).await?.message;
     store
-        .finish_reply("alice", &r2.id, MessageKind::Chat, "r2", None)
+        .finish_reply("alice", &r2.id, None, MessageKind::Chat, "r2", None)
         .await?;
     let m3 = store
         .accept_user_message("alice", "3", "m3", WF)
@@ -419,7 +447,14 @@ async fn proposals_are_stored_once_and_decided_once(store: &Store) -> Result<()>
         .count();
     assert_eq!(created_events, 1);
     let done = store
-        .finish_reply("alice", &reply.id, MessageKind::Chat, "Shall I?", None)
+        .finish_reply(
+            "alice",
+            &reply.id,
+            None,
+            MessageKind::Chat,
+            "Shall I?",
+            None,
+        )
         .await?;
     assert_eq!(done.proposals, vec![p.clone()]);
     assert_eq!(
@@ -526,7 +561,14 @@ async fn compaction_folds_each_message_once(store: &Store) -> Result<()> {
             .message;
         let r = store.start_reply("alice", &m.id).await?.message;
         store
-            .finish_reply("alice", &r.id, MessageKind::Chat, &format!("r{i}"), None)
+            .finish_reply(
+                "alice",
+                &r.id,
+                None,
+                MessageKind::Chat,
+                &format!("r{i}"),
+                None,
+            )
             .await?;
         last = Some(m);
     }

@@ -12,7 +12,9 @@ use tokio::process::Command;
 use crate::ports::free_port;
 use crate::process::{ChildProcess, Output};
 
-/// The search attributes mainloop's workflows set (DESIGN §3).
+/// The search attributes mainloop's workflows set (DESIGN §3). A copy, since testkit depends on
+/// none of mainloop's crates: a test in the root package keeps it equal to
+/// `mainloop_workflows::SEARCH_ATTRIBUTES`.
 pub const SEARCH_ATTRIBUTES: &[(&str, &str)] = &[
     ("MainloopUser", "Keyword"),
     ("MainloopTaskStatus", "Keyword"),
@@ -38,8 +40,9 @@ pub struct DevServerOptions {
 }
 
 impl DevServerOptions {
-    /// Options for a test: free port, headless, in-memory, our search attributes.
-    pub fn for_tests() -> Result<DevServerOptions> {
+    /// A throwaway server (as tests want): a free port, headless, state in memory, and
+    /// mainloop's search attributes. Set the fields to make it a persistent one.
+    pub fn ephemeral() -> Result<DevServerOptions> {
         Ok(DevServerOptions {
             binary: find_temporal()?,
             ip: "127.0.0.1".into(),

@@ -45,7 +45,7 @@ impl Stack {
             .tempdir()?;
         let pg = PgServer::start().await?;
         let database_url = pg.create_database("mainloop").await?;
-        let mut options = DevServerOptions::for_tests()?;
+        let mut options = DevServerOptions::ephemeral()?;
         options.db_file = Some(dir.path().join("temporal.db"));
         options.log_file = Some(dir.path().join("temporal.log"));
         let temporal = DevServer::start(options).await?;

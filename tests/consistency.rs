@@ -1,5 +1,5 @@
-//! The README's configuration table is the users' reference: it must list every variable the
-//! binary reads, and nothing it does not.
+//! Facts kept in two places must agree: the README's configuration table and the variables
+//! the binary reads; testkit's copy of the search attributes and the workflows' list.
 
 use std::collections::BTreeSet;
 
@@ -60,4 +60,11 @@ fn the_readme_documents_every_variable_and_only_real_ones() {
         unknown.is_empty(),
         "the README documents variables the binary does not read: {unknown:?}"
     );
+}
+
+#[test]
+fn testkit_registers_the_search_attributes_the_workflows_use() {
+    let testkit: Vec<(&str, &str)> = mainloop_testkit::temporal::SEARCH_ATTRIBUTES.to_vec();
+    let workflows: Vec<(&str, &str)> = mainloop_workflows::SEARCH_ATTRIBUTES.to_vec();
+    assert_eq!(testkit, workflows);
 }
