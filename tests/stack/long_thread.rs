@@ -119,3 +119,40 @@ async fn two_hundred_messages_pass_through_continue_as_new_and_compaction_exactl
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_summary_that_never_returns_holds_up_no_reply() -> Result<()> {
+    let stack = Stack::start_with(&[
+        ("MAINLOOP_COMPACTION_THRESHOLD", "4"),
+        ("MAINLOOP_KEEP_RECENT", "2"),
+    ])
+    .await?;
+    stack.anthropic.set_default(|request| {
+        if is_summary(request) {
+            // Far longer than the test: the summary is still pending when it ends.
+            Reply::text("summary").with_first_token_delay(std::time::Duration::from_secs(3600))
+        } else {
+            Reply::text(format!(
+                "reply to {}",
+                request.last_user_text().unwrap_or_default()
+            ))
+        }
+    });
+    for i in 0..8 {
+        stack.post(&format!("msg-{i}"), &format!("k-{i}")).await?;
+    }
+    let thread = stack.wait_for_replies(8, WAIT).await?;
+    assert_one_reply_each(&thread);
+    let summaries = stack
+        .anthropic
+        .requests()
+        .iter()
+        .filter(|r| is_summary(r))
+        .count();
+    assert_eq!(
+        summaries, 1,
+        "one compaction runs at a time, beside the turns"
+    );
+    assert!(stack.store.compactions(USER).await?.is_empty());
+    Ok(())
+}

@@ -7,21 +7,26 @@
 //! one at a time, in arrival order: one chat turn per message.
 //!
 //! Decisions only; every effect is an activity. A turn that fails for good leaves a visible
-//! error in the thread instead of failing the workflow. The workflow continues as new every
-//! `turns_per_run` turns (or when the server suggests it), carrying what it has not handled
-//! yet.
+//! error in the thread instead of failing the workflow. Compaction runs beside the
+//! conversation, never in front of it: a slow or failing summary does not delay a reply. The
+//! workflow continues as new every `turns_per_run` turns (or when the server suggests it),
+//! carrying what it has not handled yet.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures::future::FusedFuture;
 use mainloop_activities::ChatActivities;
 use mainloop_activities::chat::{
-    ActivityTiming, CompactInput, FailTurnInput, NoticeInput, ThreadConfig, TurnInput, failure_type,
+    ActivityTiming, CompactInput, CompactOutput, FailTurnInput, NoticeInput, ThreadConfig,
+    TurnInput, failure_type,
 };
 use serde::{Deserialize, Serialize};
 use temporalio_common::RetryPolicy;
 use temporalio_common::data_converters::RawValue;
 use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::workflows::select;
 use temporalio_sdk::{
     ActivityExecutionError, ActivityOptions, ContinueAsNewOptions, LocalActivityOptions,
     SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
@@ -134,6 +139,7 @@ impl MainThreadWorkflow {
 
     #[run]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<()> {
+        let ctx: &WorkflowContext<Self> = ctx;
         let user = ctx.state(|s| s.user.clone());
         if ctx
             .search_attributes()
@@ -152,16 +158,42 @@ impl MainThreadWorkflow {
             // The worker always has a configuration; should the call fail anyway, the compiled
             // defaults are as deterministic as a recorded result.
             .unwrap_or_else(|_| defaults::thread_config());
+        // At most one compaction at a time, running while turns go on.
+        let mut compaction: Option<Compaction<'_>> = None;
 
         loop {
-            ctx.wait_condition(|s| !s.inbox.is_empty()).await?;
+            let turns = ctx.state(|s| s.turns_total);
+            ctx.set_current_details(format!("Waiting for a message ({turns} turns so far)"));
+            let finished = match compaction.as_mut() {
+                Some(mut running) => select! {
+                    result = running => Some(result),
+                    waited = ctx.wait_condition(|s| !s.inbox.is_empty()) => {
+                        waited?;
+                        None
+                    }
+                },
+                None => {
+                    ctx.wait_condition(|s| !s.inbox.is_empty()).await?;
+                    None
+                }
+            };
+            if let Some(result) = finished {
+                compaction = None;
+                compacted(ctx, &user, result).await;
+                continue;
+            }
             let Some(inbound) = ctx.state_mut(|s| s.inbox.pop_front()) else {
                 continue;
             };
             match parse(&inbound) {
                 Ok(Input::Message(message)) => {
                     if remember(ctx, &message.message_id) {
-                        turn(ctx, &config, &user, &message.message_id).await;
+                        let unsummarized = turn(ctx, &config, &user, &message.message_id).await;
+                        if compaction.is_none()
+                            && unsummarized.is_some_and(|n| n > config.compaction_threshold)
+                        {
+                            compaction = Some(start_compaction(ctx, &config, &user));
+                        }
                     }
                 }
                 Ok(Input::ProposalDecision(decision)) => {
@@ -179,8 +211,12 @@ impl MainThreadWorkflow {
                     .await;
                 }
             }
-            let (turns_this_run, pending) = ctx.state(|s| (s.turns_this_run, s.inbox.len()));
+            let turns_this_run = ctx.state(|s| s.turns_this_run);
             if turns_this_run >= config.turns_per_run.max(1) || ctx.continue_as_new_suggested() {
+                // A new run must not inherit a compaction it cannot see finish.
+                if let Some(running) = compaction.take() {
+                    compacted(ctx, &user, running.await).await;
+                }
                 let carry = ctx.state(|s| Carry {
                     pending: s.inbox.iter().cloned().collect(),
                     seen: s.seen.iter().cloned().collect(),
@@ -188,7 +224,6 @@ impl MainThreadWorkflow {
                     compactions: s.compactions,
                     runs: s.runs,
                 });
-                tracing::debug!(pending, "continuing as new");
                 ctx.continue_as_new(
                     MainThreadInput {
                         user: user.clone(),
@@ -288,15 +323,16 @@ fn remember(ctx: &WorkflowContext<MainThreadWorkflow>, id: &str) -> bool {
     })
 }
 
-/// One chat turn, then compaction if the thread has grown past the threshold. Never fails:
-/// what went wrong ends up in the thread.
+/// One chat turn. Never fails: what went wrong ends up in the thread. Returns how many
+/// messages are not yet summarised, when the turn got that far.
 async fn turn(
-    ctx: &mut WorkflowContext<MainThreadWorkflow>,
+    ctx: &WorkflowContext<MainThreadWorkflow>,
     config: &ThreadConfig,
     user: &str,
     message_id: &str,
-) {
+) -> Option<i64> {
     ctx.state_mut(|s| s.answering = Some(message_id.to_string()));
+    ctx.set_current_details(format!("Answering message {message_id}"));
     let result = ctx
         .execute_activity(
             ChatActivities::respond,
@@ -312,32 +348,46 @@ async fn turn(
         s.turns_total += 1;
         s.turns_this_run += 1;
     });
-    let unsummarized = match result {
-        Ok(output) => output.unsummarized,
+    match result {
+        Ok(output) => Some(output.unsummarized),
         Err(error) => {
             fail_turn(ctx, user, message_id, &error).await;
-            return;
+            None
         }
-    };
-    if unsummarized <= config.compaction_threshold {
-        return;
     }
+}
+
+/// A compaction in flight.
+type Compaction<'a> =
+    Pin<Box<dyn FusedFuture<Output = Result<CompactOutput, ActivityExecutionError>> + 'a>>;
+
+fn start_compaction<'a>(
+    ctx: &'a WorkflowContext<MainThreadWorkflow>,
+    config: &ThreadConfig,
+    user: &str,
+) -> Compaction<'a> {
     let key = ctx.state_mut(|s| {
         s.compactions += 1;
         format!("{user}/compaction/{}", s.compactions)
     });
-    let compacted = ctx
-        .execute_activity(
-            ChatActivities::compact,
-            CompactInput {
-                user: user.to_string(),
-                key,
-                keep_recent: config.keep_recent,
-            },
-            activity_options(&config.compaction),
-        )
-        .await;
-    if let Err(error) = compacted {
+    Box::pin(ctx.execute_activity(
+        ChatActivities::compact,
+        CompactInput {
+            user: user.to_string(),
+            key,
+            keep_recent: config.keep_recent,
+        },
+        activity_options(&config.compaction),
+    ))
+}
+
+/// A failed compaction is only a notice: the next turn past the threshold tries again.
+async fn compacted(
+    ctx: &WorkflowContext<MainThreadWorkflow>,
+    user: &str,
+    result: Result<CompactOutput, ActivityExecutionError>,
+) {
+    if let Err(error) = result {
         let (_, detail) = describe_activity_error(&error);
         notice(
             ctx,
@@ -351,7 +401,7 @@ async fn turn(
 
 /// Leaves a visible error where the reply should be.
 async fn fail_turn(
-    ctx: &mut WorkflowContext<MainThreadWorkflow>,
+    ctx: &WorkflowContext<MainThreadWorkflow>,
     user: &str,
     message_id: &str,
     error: &ActivityExecutionError,
@@ -395,12 +445,7 @@ async fn fail_turn(
     }
 }
 
-async fn notice(
-    ctx: &mut WorkflowContext<MainThreadWorkflow>,
-    user: &str,
-    level: &str,
-    text: String,
-) {
+async fn notice(ctx: &WorkflowContext<MainThreadWorkflow>, user: &str, level: &str, text: String) {
     let recorded = ctx
         .execute_local_activity(
             ChatActivities::notice,
