@@ -19,7 +19,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         Some(path) => path.clone(),
         None => find_temporal()?,
     };
-    let mut options = DevServerOptions::ephemeral()?;
+    let mut options = DevServerOptions::ephemeral()?.tuned_for_latency();
     options.binary = binary;
     options.search_attributes = SEARCH_ATTRIBUTES
         .iter()

@@ -194,14 +194,7 @@ impl ChatActivities {
         if let Some(reply) = &context.existing_reply
             && reply.status == mainloop_store::MessageStatus::Complete
         {
-            return Ok(TurnOutput {
-                reply_id: reply.id.clone(),
-                already_answered: true,
-                proposal_ids: reply.proposals.iter().map(|p| p.id.clone()).collect(),
-                input_tokens: 0,
-                output_tokens: 0,
-                unsummarized: self.unsummarized(&input.user).await?,
-            });
+            return self.already_answered(&input.user, reply).await;
         }
         let model = self.model()?.clone();
         let started = self
@@ -210,14 +203,7 @@ impl ChatActivities {
             .await
             .map_err(store_error)?;
         if started.already_complete {
-            return Ok(TurnOutput {
-                reply_id: started.message.id,
-                already_answered: true,
-                proposal_ids: Vec::new(),
-                input_tokens: 0,
-                output_tokens: 0,
-                unsummarized: self.unsummarized(&input.user).await?,
-            });
+            return self.already_answered(&input.user, &started.message).await;
         }
         let reply_id = started.message.id.clone();
         let heartbeat = spawn_heartbeat(ctx.clone(), self.settings.heartbeat_interval);
@@ -398,6 +384,22 @@ struct Outcome {
 }
 
 impl ChatActivities {
+    /// The outcome of a turn whose reply exists already (a duplicate or retried turn).
+    async fn already_answered(
+        &self,
+        user: &str,
+        reply: &mainloop_store::Message,
+    ) -> Result<TurnOutput, ActivityError> {
+        Ok(TurnOutput {
+            reply_id: reply.id.clone(),
+            already_answered: true,
+            proposal_ids: reply.proposals.iter().map(|p| p.id.clone()).collect(),
+            input_tokens: 0,
+            output_tokens: 0,
+            unsummarized: self.unsummarized(user).await?,
+        })
+    }
+
     async fn unsummarized(&self, user: &str) -> Result<i64, ActivityError> {
         self.store
             .unsummarized_count(user)

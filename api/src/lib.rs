@@ -24,6 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{BoxError, Router, middleware};
 use mainloop_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -110,6 +111,13 @@ pub async fn serve(
     settings: &ApiSettings,
 ) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
+    // Streamed replies are many small writes; Nagle's algorithm would hold each one back
+    // until the previous is acknowledged (up to 40 ms with delayed ACKs).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state, settings))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -155,6 +155,12 @@ impl FakeAnthropicBuilder {
             .fallback(handle)
             .with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
+            // Small SSE writes must leave at once, as the real API's do.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            });
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;

@@ -37,6 +37,8 @@ pub struct DevServerOptions {
     pub log_file: Option<PathBuf>,
     pub log_level: String,
     pub ready_timeout: Duration,
+    /// `--dynamic-config-value KEY=JSON` settings.
+    pub dynamic_config: Vec<(String, String)>,
 }
 
 impl DevServerOptions {
@@ -57,7 +59,25 @@ impl DevServerOptions {
             log_file: None,
             log_level: "warn".into(),
             ready_timeout: Duration::from_secs(60),
+            dynamic_config: Vec::new(),
         })
+    }
+
+    /// Server settings for latency on one machine (what `mainloop dev` runs):
+    /// - activities scheduled by a workflow task go straight back to the worker that completed
+    ///   it, instead of a round through matching (tens of milliseconds when no poller waits);
+    /// - one partition per task queue: partitions spread load across matching hosts, of which
+    ///   a dev server has one, and a task landing in a partition no poller is on waits to be
+    ///   forwarded.
+    pub fn tuned_for_latency(mut self) -> DevServerOptions {
+        for (key, value) in [
+            ("system.enableActivityEagerExecution", "true"),
+            ("matching.numTaskqueueReadPartitions", "1"),
+            ("matching.numTaskqueueWritePartitions", "1"),
+        ] {
+            self.dynamic_config.push((key.into(), value.into()));
+        }
+        self
     }
 }
 
@@ -110,6 +130,11 @@ impl DevServer {
         }
         if let Some(db_file) = &o.db_file {
             command.arg("--db-filename").arg(db_file);
+        }
+        for (key, value) in &o.dynamic_config {
+            command
+                .arg("--dynamic-config-value")
+                .arg(format!("{key}={value}"));
         }
         for (name, kind) in &o.search_attributes {
             command
