@@ -11,8 +11,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
@@ -71,10 +72,10 @@ impl AuthConfig {
     }
 
     fn cookie_key(token: &str) -> Hmac<Sha256> {
-        // Derived from the token: changing the token ends every session.
-        let key = Sha256::digest(format!("mainloop-session-v1:{token}").as_bytes());
-        // HMAC accepts keys of any length.
-        Hmac::<Sha256>::new_from_slice(&key).unwrap_or_else(|_| unreachable!())
+        // Derived from the token: changing the token ends every session. SHA-512 gives a key
+        // of exactly HMAC-SHA-256's block size, so construction cannot fail.
+        let key = Sha512::digest(format!("mainloop-session-v1:{token}").as_bytes());
+        <Hmac<Sha256> as KeyInit>::new(&key)
     }
 
     /// A session cookie value valid for `session_ttl`.

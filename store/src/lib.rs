@@ -198,10 +198,7 @@ impl Store {
     }
 
     pub(crate) fn wake_events(&self) {
-        // No receivers is not an error: nobody is listening yet.
-        if self.inner.events.send(()).is_err() {
-            tracing::trace!("no event subscribers");
-        }
+        wake(&self.inner.events);
     }
 
     pub(crate) fn wake_outbox(&self) {
@@ -232,15 +229,13 @@ async fn forward_notifications(pool: PgPool, events: broadcast::Sender<()>) {
         }
         backoff = Duration::from_millis(100);
         // Anything committed before LISTEN took effect was not announced.
-        let _receivers = events.send(()).unwrap_or(0);
+        wake(&events);
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => {
-                    let _receivers = events.send(()).unwrap_or(0);
-                }
+                Ok(Some(_)) => wake(&events),
                 Ok(None) => {
                     tracing::warn!("event listener lost its connection; reconnecting");
-                    let _receivers = events.send(()).unwrap_or(0);
+                    wake(&events);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "event listener failed; reconnecting");
@@ -248,6 +243,13 @@ async fn forward_notifications(pool: PgPool, events: broadcast::Sender<()>) {
                 }
             }
         }
+    }
+}
+
+fn wake(events: &broadcast::Sender<()>) {
+    // An error only means that nobody is subscribed right now.
+    if events.send(()).is_err() {
+        tracing::trace!("no event subscribers");
     }
 }
 
