@@ -66,7 +66,7 @@ async fn run_services(
         &api_shutdown,
     )
     .await?;
-    println!("mainloop     http://{address}");
+    println!("mainloop  http://{address}");
     if let Some(ui) = temporal.ui_url() {
         println!("temporal-ui  {ui}");
     }
