@@ -208,7 +208,8 @@ pub async fn run_worker(
     .await
 }
 
-fn chat_settings(chat: &ChatArgs) -> ChatSettings {
+/// The chat activities' settings, and the main thread's, from the command line.
+pub fn chat_settings(chat: &ChatArgs) -> ChatSettings {
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let heartbeat_ms = millis(chat.turn_heartbeat_timeout);
     ChatSettings {
@@ -235,13 +236,7 @@ fn chat_settings(chat: &ChatArgs) -> ChatSettings {
                 retry_max_ms: millis(chat.turn_retry_max),
                 retry_attempts: chat.turn_retry_attempts,
             },
-            compaction: ActivityTiming {
-                start_to_close_ms: millis(chat.turn_timeout),
-                heartbeat_ms: 0,
-                retry_initial_ms: millis(chat.turn_retry_initial),
-                retry_max_ms: millis(chat.turn_retry_max),
-                retry_attempts: chat.turn_retry_attempts,
-            },
+            compaction: mainloop_workflows::defaults::compaction_timing(),
         },
     }
 }

@@ -1,9 +1,10 @@
 //! Facts kept in two places must agree: the README's configuration table and the variables
-//! the binary reads; testkit's copy of the search attributes and the workflows' list.
+//! the binary reads; testkit's copy of the search attributes and the workflows' list; the
+//! CLI's defaults and the main thread's fallback settings.
 
 use std::collections::BTreeSet;
 
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser};
 use mainloop::config::Cli;
 
 fn cli_variables() -> BTreeSet<String> {
@@ -67,4 +68,20 @@ fn testkit_registers_the_search_attributes_the_workflows_use() {
     let testkit: Vec<(&str, &str)> = mainloop_testkit::temporal::SEARCH_ATTRIBUTES.to_vec();
     let workflows: Vec<(&str, &str)> = mainloop_workflows::SEARCH_ATTRIBUTES.to_vec();
     assert_eq!(testkit, workflows);
+}
+
+#[derive(Parser)]
+struct ChatOnly {
+    #[command(flatten)]
+    chat: mainloop::config::ChatArgs,
+}
+
+#[test]
+fn the_cli_defaults_are_the_main_threads_fallback() {
+    let defaults = ChatOnly::try_parse_from(["mainloop"]).expect("defaults parse");
+    let settings = mainloop::run::chat_settings(&defaults.chat);
+    assert_eq!(
+        settings.thread,
+        mainloop_workflows::defaults::thread_config()
+    );
 }

@@ -1,4 +1,6 @@
-//! Defaults of the workflows' settings: what production runs with unless configured.
+//! Defaults of the workflows' settings. The main thread falls back on them if its
+//! configuration cannot be read; the CLI's defaults must produce exactly the same (a test in
+//! the root package holds them together).
 
 use mainloop_activities::chat::{ActivityTiming, ThreadConfig};
 
@@ -14,12 +16,18 @@ pub fn thread_config() -> ThreadConfig {
             retry_max_ms: 60_000,
             retry_attempts: 8,
         },
-        compaction: ActivityTiming {
-            start_to_close_ms: 5 * 60_000,
-            heartbeat_ms: 0,
-            retry_initial_ms: 2_000,
-            retry_max_ms: 120_000,
-            retry_attempts: 5,
-        },
+        compaction: compaction_timing(),
+    }
+}
+
+/// Compaction runs beside the conversation, so its pace needs no tuning: a summary that fails
+/// is tried again after the next turn anyway.
+pub fn compaction_timing() -> ActivityTiming {
+    ActivityTiming {
+        start_to_close_ms: 5 * 60_000,
+        heartbeat_ms: 0,
+        retry_initial_ms: 2_000,
+        retry_max_ms: 120_000,
+        retry_attempts: 5,
     }
 }
