@@ -48,7 +48,7 @@ impl Store {
             .await?
         });
         let page = self
-            .list_messages_between(user, pointer, unanswered.unwrap_or(i64::MAX))
+            .complete_messages_between(user, pointer, unanswered.unwrap_or(i64::MAX))
             .await?;
         let keep = page.len().saturating_sub(keep_recent);
         let messages: Vec<Message> = page.into_iter().take(keep).collect();
@@ -57,30 +57,6 @@ impl Store {
             summarized_through: pointer,
             messages,
         })
-    }
-
-    /// Complete messages with `after < seq < before`, oldest first.
-    async fn list_messages_between(
-        &self,
-        user: &str,
-        after: i64,
-        before: i64,
-    ) -> Result<Vec<Message>> {
-        let mut out = Vec::new();
-        let mut cursor = before;
-        loop {
-            let page = self.list_messages(user, Some(cursor), 500).await?;
-            let Some(first) = page.first() else { break };
-            cursor = first.seq;
-            let done = page.iter().any(|m| m.seq <= after);
-            out.extend(page.into_iter().rev().filter(|m| m.seq > after));
-            if done {
-                break;
-            }
-        }
-        out.reverse();
-        out.retain(|m| m.status == crate::MessageStatus::Complete);
-        Ok(out)
     }
 
     /// Replaces the summary and moves the pointer from `from_pointer` to `through_seq`, once

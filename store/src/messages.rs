@@ -236,6 +236,29 @@ impl Store {
         Ok(messages)
     }
 
+    /// Complete messages with `after < seq < before`, oldest first, without their proposals.
+    pub(crate) async fn complete_messages_between(
+        &self,
+        user: &str,
+        after: i64,
+        before: i64,
+    ) -> Result<Vec<Message>> {
+        let rows: Vec<MessageRow> = db!(self, |pool, pg| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = $1 AND seq > $2 \
+                 AND seq < $3 AND status = 'complete' ORDER BY seq"
+            )))
+            .bind(user)
+            .bind(after)
+            .bind(before)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|row| row.into_message(Vec::new()))
+            .collect()
+    }
+
     pub async fn get_message(&self, user: &str, id: &str) -> Result<Message> {
         let row: Option<MessageRow> = db!(self, |pool, pg| {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
