@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use mainloop_api::{ApiSettings, TemporalLink};
 use mainloop_testkit::temporal::{DevServer, DevServerOptions, find_temporal};
-use mainloop_workflows::{SEARCH_ATTRIBUTES, TemporalSettings};
+use mainloop_workflows::TemporalSettings;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DevArgs;
@@ -21,10 +21,6 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     };
     let mut options = DevServerOptions::ephemeral()?.tuned_for_latency();
     options.binary = binary;
-    options.search_attributes = SEARCH_ATTRIBUTES
-        .iter()
-        .map(|(name, kind)| (name.to_string(), kind.to_string()))
-        .collect();
     options.port = Some(args.temporal_port);
     options.ui_port = Some(args.temporal_ui_port);
     options.db_file = Some(data.join("temporal.db"));
