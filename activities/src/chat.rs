@@ -420,7 +420,7 @@ impl ChatActivities {
         let mut messages = api_messages(context);
         let system = system_prompt(context);
         let tools = vec![propose_task_tool()];
-        let (writer, pieces) = TextWriter::spawn(
+        let (writer, pieces) = spawn_text_writer(
             self.store.clone(),
             user.to_string(),
             reply_id.to_string(),
@@ -805,61 +805,58 @@ fn spawn_heartbeat(ctx: ActivityContext, every: Duration) -> tokio::task::JoinHa
 }
 
 /// Writes streamed text into the event log: the first piece at once (it is what the user is
-/// waiting for), then in batches, so a long reply costs tens of rows, not thousands.
-struct TextWriter;
-
-impl TextWriter {
-    fn spawn(
-        store: Store,
-        user: String,
-        reply_id: String,
-        attempt: i64,
-        interval: Duration,
-        max_chars: usize,
-    ) -> (
-        tokio::task::JoinHandle<Result<(), StoreError>>,
-        mpsc::UnboundedSender<String>,
-    ) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        let handle = tokio::spawn(async move {
-            let mut buffer = String::new();
-            let mut first = true;
-            let mut deadline: Option<tokio::time::Instant> = None;
-            loop {
-                let piece = match deadline {
-                    Some(at) => tokio::select! {
-                        piece = rx.recv() => piece,
-                        () = tokio::time::sleep_until(at) => {
-                            store.append_reply_text(&user, &reply_id, attempt, &buffer).await?;
-                            buffer.clear();
-                            deadline = None;
-                            continue;
-                        }
-                    },
-                    None => rx.recv().await,
-                };
-                let Some(piece) = piece else { break };
-                buffer.push_str(&piece);
-                if first || buffer.len() >= max_chars {
-                    first = false;
-                    store
-                        .append_reply_text(&user, &reply_id, attempt, &buffer)
-                        .await?;
-                    buffer.clear();
-                    deadline = None;
-                } else if deadline.is_none() {
-                    deadline = Some(tokio::time::Instant::now() + interval);
-                }
-            }
-            if !buffer.is_empty() {
+/// waiting for), then in batches, so a long reply costs tens of rows, not thousands. Text sent
+/// to the returned channel is written; the task ends once the channel is dropped.
+fn spawn_text_writer(
+    store: Store,
+    user: String,
+    reply_id: String,
+    attempt: i64,
+    interval: Duration,
+    max_chars: usize,
+) -> (
+    tokio::task::JoinHandle<Result<(), StoreError>>,
+    mpsc::UnboundedSender<String>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let handle = tokio::spawn(async move {
+        let mut buffer = String::new();
+        let mut first = true;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let piece = match deadline {
+                Some(at) => tokio::select! {
+                    piece = rx.recv() => piece,
+                    () = tokio::time::sleep_until(at) => {
+                        store.append_reply_text(&user, &reply_id, attempt, &buffer).await?;
+                        buffer.clear();
+                        deadline = None;
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(piece) = piece else { break };
+            buffer.push_str(&piece);
+            if first || buffer.len() >= max_chars {
+                first = false;
                 store
                     .append_reply_text(&user, &reply_id, attempt, &buffer)
                     .await?;
+                buffer.clear();
+                deadline = None;
+            } else if deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + interval);
             }
-            Ok(())
-        });
-        (handle, tx)
-    }
+        }
+        if !buffer.is_empty() {
+            store
+                .append_reply_text(&user, &reply_id, attempt, &buffer)
+                .await?;
+        }
+        Ok(())
+    });
+    (handle, tx)
 }
 
 #[cfg(test)]
