@@ -9,7 +9,7 @@ use mainloop_testkit::anthropic::Reply;
 use serde_json::json;
 
 use crate::harness::{
-    Stack, USER, WAIT, assert_one_reply_each, chat_requests, is_assistant_completion, replies_to,
+    Stack, WAIT, asked, assert_one_reply_each, chat_requests, is_assistant_completion, replies_to,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -82,10 +82,7 @@ async fn the_same_idempotency_key_stores_one_message_and_runs_one_turn() -> Resu
     let thread = stack.wait_for_replies(2, WAIT).await?;
     assert_eq!(thread.len(), 4, "{thread:#?}");
     assert_one_reply_each(&thread);
-    let texts: Vec<_> = chat_requests(&stack.anthropic)
-        .iter()
-        .filter_map(|r| r.last_user_text())
-        .collect();
+    let texts: Vec<_> = asked(&stack.anthropic);
     assert_eq!(texts, ["once", "sentinel"]);
     Ok(())
 }
@@ -238,36 +235,15 @@ async fn malformed_signals_are_ignored_visibly_and_never_jam_the_thread() -> Res
     stack.post("first", "k1").await?;
     stack.wait_for_replies(1, WAIT).await?;
     let mut events = stack.events(stack.last_event_id().await?).await?;
-    let workflow = format!("main-thread/{USER}");
     for input in [
         r#"{"bogus": 1}"#,
         r#""just a string""#,
         r#"{"message_id": ""}"#,
+        r#"{"message_id": "no-such-message"}"#,
     ] {
-        stack
-            .temporal
-            .cli(&[
-                "workflow", "signal", "-w", &workflow, "--name", "message", "--input", input,
-            ])
-            .await?;
+        stack.signal("message", Some(input)).await?;
     }
-    stack
-        .temporal
-        .cli(&["workflow", "signal", "-w", &workflow, "--name", "message"])
-        .await?;
-    stack
-        .temporal
-        .cli(&[
-            "workflow",
-            "signal",
-            "-w",
-            &workflow,
-            "--name",
-            "message",
-            "--input",
-            r#"{"message_id": "no-such-message"}"#,
-        ])
-        .await?;
+    stack.signal("message", None).await?;
     let mut notices = Vec::new();
     events
         .collect_until(WAIT, |e| {

@@ -9,7 +9,8 @@ use mainloop_testkit::anthropic::Reply;
 use mainloop_testkit::sse::SseEvent;
 
 use crate::harness::{
-    Stack, USER, WAIT, assert_one_reply_each, chat_requests, is_assistant_completion, replies_to,
+    Stack, USER, WAIT, asked, assert_one_reply_each, chat_requests, is_assistant_completion,
+    replies_to,
 };
 
 fn delta_text(events: &[SseEvent], attempt: i64) -> Result<String> {
@@ -138,10 +139,7 @@ async fn messages_posted_while_the_worker_is_down_are_answered_once_it_is_back()
     stack.start_worker().await?;
     let thread = stack.wait_for_replies(4, WAIT).await?;
     assert_one_reply_each(&thread);
-    let asked: Vec<String> = chat_requests(&stack.anthropic)
-        .iter()
-        .filter_map(|r| r.last_user_text())
-        .collect();
+    let asked: Vec<String> = asked(&stack.anthropic);
     assert_eq!(
         asked,
         ["before", "while down 1", "while down 2", "while down 3"]
@@ -172,10 +170,7 @@ async fn messages_posted_while_temporal_is_down_are_answered_once_it_is_back() -
     stack.temporal.start_again().await?;
     let thread = stack.wait_for_replies(4, WAIT).await?;
     assert_one_reply_each(&thread);
-    let asked: Vec<String> = chat_requests(&stack.anthropic)
-        .iter()
-        .filter_map(|r| r.last_user_text())
-        .collect();
+    let asked: Vec<String> = asked(&stack.anthropic);
     let distinct: HashSet<&String> = asked.iter().collect();
     assert_eq!(asked.len(), 4, "{asked:?}");
     assert_eq!(distinct.len(), 4);

@@ -237,6 +237,30 @@ impl Stack {
         self.thread().await
     }
 
+    /// Sends a signal to the user's main thread with the `temporal` CLI, as an operator would.
+    pub async fn signal(&self, name: &str, input: Option<&str>) -> Result<()> {
+        let workflow = main_thread();
+        let mut args = vec!["workflow", "signal", "-w", &workflow, "--name", name];
+        if let Some(input) = input {
+            args.extend(["--input", input]);
+        }
+        self.temporal.cli(&args).await?;
+        Ok(())
+    }
+
+    /// What the main thread's `state` query answers.
+    pub async fn thread_state(&self) -> Result<Value> {
+        let workflow = main_thread();
+        let output = self
+            .temporal
+            .cli(&[
+                "workflow", "query", "-w", &workflow, "--name", "state", "-o", "json",
+            ])
+            .await?;
+        let output: Value = serde_json::from_str(&output).context("query output")?;
+        Ok(output["queryResult"][0].clone())
+    }
+
     /// The children's recent logs, for failure messages.
     pub fn logs(&self) -> String {
         let read = |name: &str| {
@@ -261,6 +285,11 @@ impl Drop for Stack {
             eprintln!("{}", self.logs());
         }
     }
+}
+
+/// The workflow id of the test user's main thread.
+pub fn main_thread() -> String {
+    mainloop_workflows::main_thread_id(USER)
 }
 
 pub fn is_assistant_completion(event: &SseEvent) -> bool {
@@ -307,6 +336,14 @@ pub fn chat_requests(
         .requests()
         .into_iter()
         .filter(|r| r.path == "/v1/messages" && !is_summary(r))
+        .collect()
+}
+
+/// What the model was asked, turn by turn: the last user text of each chat request.
+pub fn asked(anthropic: &FakeAnthropic) -> Vec<String> {
+    chat_requests(anthropic)
+        .iter()
+        .filter_map(|r| r.last_user_text())
         .collect()
 }
 

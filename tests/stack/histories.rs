@@ -11,22 +11,13 @@ use mainloop_testkit::anthropic::Reply;
 use serde_json::{Value, json};
 use temporalio_client::{WorkflowExecutionInfo, WorkflowFetchHistoryOptions};
 
-use crate::harness::{Stack, USER, WAIT};
-
-const WORKFLOW: &str = "main-thread/me";
+use crate::harness::{Stack, USER, WAIT, main_thread};
 
 /// Waits until the thread has taken `turns` turns and has nothing in hand.
 async fn settle(stack: &Stack, turns: u64) -> Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let state = stack
-            .temporal
-            .cli(&[
-                "workflow", "query", "-w", WORKFLOW, "--name", "state", "-o", "json",
-            ])
-            .await?;
-        let state: Value = serde_json::from_str(&state)?;
-        let state = &state["queryResult"][0];
+        let state = stack.thread_state().await?;
         if state["turns_total"].as_u64() == Some(turns)
             && state["answering"].is_null()
             && state["pending"] == 0
@@ -49,7 +40,7 @@ async fn histories(stack: &Stack) -> Result<Vec<Vec<u8>>> {
             "workflow",
             "list",
             "-q",
-            &format!("WorkflowId = '{WORKFLOW}'"),
+            &format!("WorkflowId = '{}'", main_thread()),
             "-o",
             "json",
         ])
@@ -78,7 +69,7 @@ async fn histories(stack: &Stack) -> Result<Vec<Vec<u8>>> {
     for (_, run) in runs {
         let info = WorkflowExecutionInfo::builder()
             .namespace(stack.temporal.namespace())
-            .workflow_id(WORKFLOW)
+            .workflow_id(main_thread())
             .run_id(run)
             .build();
         let history = info
@@ -178,25 +169,13 @@ async fn ignored_signals() -> Result<()> {
     stack.wait_for_replies(1, WAIT).await?;
     let mut events = stack.events(stack.last_event_id().await?).await?;
     for input in [r#"{"bogus": 1}"#, r#"{"message_id": "missing"}"#] {
-        stack
-            .temporal
-            .cli(&[
-                "workflow", "signal", "-w", WORKFLOW, "--name", "message", "--input", input,
-            ])
-            .await?;
+        stack.signal("message", Some(input)).await?;
     }
     stack
-        .temporal
-        .cli(&[
-            "workflow",
-            "signal",
-            "-w",
-            WORKFLOW,
-            "--name",
+        .signal(
             "proposal_decision",
-            "--input",
-            r#"{"proposal_id": "p", "decision": "maybe"}"#,
-        ])
+            Some(r#"{"proposal_id": "p", "decision": "maybe"}"#),
+        )
         .await?;
     let mut notices = 0;
     events

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use mainloop_testkit::anthropic::Reply;
-use serde_json::Value;
 
-use crate::harness::{Stack, USER, WAIT, assert_one_reply_each, chat_requests, is_summary};
+use crate::harness::{Stack, USER, WAIT, asked, assert_one_reply_each, is_summary, main_thread};
 
 const MESSAGES: usize = 200;
 
@@ -46,31 +45,14 @@ async fn two_hundred_messages_pass_through_continue_as_new_and_compaction_exactl
     }
 
     // One turn per message, in order.
-    let asked: Vec<String> = chat_requests(&stack.anthropic)
-        .iter()
-        .filter_map(|r| r.last_user_text())
-        .collect();
+    let asked: Vec<String> = asked(&stack.anthropic);
     let expected: Vec<String> = (0..MESSAGES).map(|i| format!("msg-{i:03}")).collect();
     assert_eq!(asked, expected);
 
     // At least three continue-as-new runs.
-    let state = stack
-        .temporal
-        .cli(&[
-            "workflow",
-            "query",
-            "-w",
-            &format!("main-thread/{USER}"),
-            "--name",
-            "state",
-            "-o",
-            "json",
-        ])
-        .await?;
-    let state: Value = serde_json::from_str(&state).context("query output")?;
-    let runs = state["queryResult"][0]["runs"]
+    let state = stack.thread_state().await?;
+    let runs = state["runs"]
         .as_u64()
-        .or_else(|| state["queryResult"]["runs"].as_u64())
         .with_context(|| format!("no runs in {state}"))?;
     assert!(runs >= 4, "only {runs} runs: {state}");
     let listed = stack
@@ -79,7 +61,7 @@ async fn two_hundred_messages_pass_through_continue_as_new_and_compaction_exactl
             "workflow",
             "list",
             "-q",
-            &format!("WorkflowId = 'main-thread/{USER}'"),
+            &format!("WorkflowId = '{}'", main_thread()),
             "-o",
             "json",
         ])
