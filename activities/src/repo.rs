@@ -11,8 +11,9 @@ pub struct Repo {
 }
 
 impl Repo {
+    /// `owner/name`, as GitHub's API and URLs write it.
     pub fn full_name(&self) -> String {
-        format!("{}/{}", self.owner, self.name)
+        self.to_string()
     }
 }
 
