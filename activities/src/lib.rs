@@ -5,6 +5,7 @@
 pub mod anthropic;
 pub mod chat;
 mod errors;
+pub mod jobs;
 pub mod repo;
 
 pub use chat::{ChatActivities, ChatSettings, ThreadConfig};

@@ -1,0 +1,1 @@
+//! The Kubernetes job runner (placeholder until implemented).

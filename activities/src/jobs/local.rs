@@ -1,0 +1,1 @@
+//! The local job runner (placeholder until implemented).

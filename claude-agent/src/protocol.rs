@@ -1,0 +1,222 @@
+//! What goes into a job and what comes out of it. Both sides (the agent and the runners that
+//! start it) use these types, so the wire format is defined once.
+//!
+//! In: [`AgentSpec`] as JSON in [`SPEC_ENV`]; secrets only in their own variables
+//! ([`GITHUB_TOKEN_ENV`], `ANTHROPIC_API_KEY` or `CLAUDE_CODE_OAUTH_TOKEN`), never in the spec,
+//! so the spec may be logged and stored.
+//! Out: one [`AgentEvent`] per line on stdout, ending with exactly one [`AgentEvent::Result`].
+//! The exit code is 0 when the result is a success and non-zero otherwise.
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable holding the [`AgentSpec`] as JSON.
+pub const SPEC_ENV: &str = "MAINLOOP_AGENT_SPEC";
+/// Environment variable holding the GitHub token used for git over HTTPS.
+pub const GITHUB_TOKEN_ENV: &str = "GITHUB_TOKEN";
+
+/// Which step of the task the job performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Explore the repository read-only and write a plan, or ask questions first.
+    Plan,
+    /// Implement the approved plan on a new branch and push it.
+    Implement,
+    /// Fix failing CI checks on the task's branch and push.
+    Fix,
+    /// Address review comments on the task's branch and push.
+    Feedback,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Plan => "plan",
+            Mode::Implement => "implement",
+            Mode::Fix => "fix",
+            Mode::Feedback => "feedback",
+        }
+    }
+}
+
+/// Everything the agent needs to do one step. Contains no secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub task_id: String,
+    pub mode: Mode,
+    /// `owner/name`.
+    pub repo: String,
+    /// HTTPS (or, in tests, file://) URL to clone and push to. Credentials come from
+    /// [`GITHUB_TOKEN_ENV`] and are sent as an HTTP header, never written into the URL.
+    pub clone_url: String,
+    /// Branch the work starts from (the repository's default branch).
+    pub base_branch: String,
+    /// The task's branch: created by `implement`, updated by `fix` and `feedback`.
+    /// Absent for `plan`.
+    #[serde(default)]
+    pub branch: Option<String>,
+    pub title: String,
+    pub description: String,
+    /// The plan issue, when there is one.
+    #[serde(default)]
+    pub issue_number: Option<u64>,
+    /// The task's pull request (`fix`, `feedback`).
+    #[serde(default)]
+    pub pr_number: Option<u64>,
+    /// `plan` with a revision request: the previous plan. `implement`/`fix`/`feedback`: the
+    /// approved plan.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Answers to questions a previous plan job asked.
+    #[serde(default)]
+    pub answers: Vec<Answer>,
+    /// `plan`: what the user asked to change in the previous plan.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// `fix`: the failed checks and their (truncated) logs.
+    #[serde(default)]
+    pub ci_failures: Option<String>,
+    /// `feedback`: the review comments to address.
+    #[serde(default)]
+    pub review_feedback: Option<String>,
+    /// Claude model for the CLI's `--model`.
+    pub model: String,
+    /// Identity for the commits the agent makes.
+    pub git_author_name: String,
+    pub git_author_email: String,
+}
+
+/// A question the model asked before it can plan (from Claude Code's `AskUserQuestion`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    /// Stable within a task: derived from the header, so a re-run asks with the same ids.
+    pub id: String,
+    pub header: String,
+    pub question: String,
+    #[serde(default)]
+    pub options: Vec<QuestionOption>,
+    #[serde(default)]
+    pub multi_select: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuestionOption {
+    pub label: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A user's answer to one [`Question`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub question_id: String,
+    /// The question's text, so the prompt reads naturally.
+    pub question: String,
+    pub answer: String,
+}
+
+/// Tokens and cost the model reported for the job (Claude Code's final `result` message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_creation_input_tokens: u64,
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+    /// As reported by the CLI (`total_cost_usd`); 0 when it reports none.
+    #[serde(default)]
+    pub cost_usd: f64,
+}
+
+/// What a job produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// `plan`: either questions to answer first (then `plan` may be a draft) or a plan.
+    Plan {
+        plan: String,
+        #[serde(default)]
+        questions: Vec<Question>,
+    },
+    /// `implement`/`fix`/`feedback`: the branch was pushed; `commit` is its head.
+    /// `changed` is false when the model made no change (nothing new was committed).
+    Pushed {
+        branch: String,
+        commit: String,
+        changed: bool,
+    },
+    /// The step failed. `retryable` is false when running it again cannot help
+    /// (bad spec, repository missing, authentication refused).
+    Failed { error: String, retryable: bool },
+}
+
+/// The last line of a job's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentResult {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// A few sentences on what was done, for the task's timeline and the PR summary.
+    #[serde(default)]
+    pub summary: String,
+    #[serde(default)]
+    pub usage: Usage,
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSource {
+    /// The agent itself (cloning, git, setup).
+    Agent,
+    /// Text and tool use from Claude.
+    Claude,
+}
+
+/// One line of the agent's stdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentEvent {
+    Log { source: LogSource, text: String },
+    Result(AgentResult),
+}
+
+impl AgentEvent {
+    /// Parses one output line. Lines that are not protocol events (a stray print from a tool)
+    /// are returned as `None` so a runner can forward them as plain log text.
+    pub fn parse_line(line: &str) -> Option<AgentEvent> {
+        serde_json::from_str(line).ok()
+    }
+
+    pub fn to_line(&self) -> String {
+        // Serialising these types cannot fail: every field is a plain string, number or list.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_line_round_trips() {
+        let event = AgentEvent::Result(AgentResult {
+            outcome: Outcome::Pushed {
+                branch: "feature/42-add-dark-mode".into(),
+                commit: "abc123".into(),
+                changed: true,
+            },
+            summary: "Added a toggle".into(),
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                ..Usage::default()
+            },
+        });
+        let line = event.to_line();
+        assert!(line.contains(r#""type":"result""#), "{line}");
+        assert!(line.contains(r#""outcome":"pushed""#), "{line}");
+        assert_eq!(AgentEvent::parse_line(&line), Some(event));
+        assert_eq!(AgentEvent::parse_line("npm WARN something"), None);
+    }
+}
