@@ -13,6 +13,7 @@ mod messages;
 pub mod model;
 mod outbox;
 mod proposals;
+mod tasks;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,6 +29,11 @@ pub use error::StoreError;
 pub use messages::{Accepted, SIGNAL_MESSAGE, StartedReply};
 pub use model::*;
 pub use proposals::{Decision, NewProposal, SIGNAL_PROPOSAL_DECISION};
+pub use tasks::{
+    ConfirmOverrides, Cost, InboxItem, InboxKind, NewInboxItem, NewTaskInput, Project, Task,
+    TaskLogLine, TaskProjection, TaskQuestion, TaskQuestionOption, TaskRun, TaskStatus,
+    task_workflow_id,
+};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -132,6 +132,14 @@ pub mod event_kind {
     /// Something the user should know that is not a message (`data`: `{level, text}`),
     /// e.g. an input the main thread ignored.
     pub const THREAD_NOTICE: &str = "thread.notice";
+    /// A task was created or changed (`data`: the task).
+    pub const TASK_UPDATED: &str = "task.updated";
+    /// A job of a task printed a line (`data`: `{task_id, job, line, source, text}`).
+    pub const TASK_LOG: &str = "task.log";
+    /// Human input for a task was accepted (`data`: `{task_id, kind, id}`).
+    pub const TASK_INPUT: &str = "task.input";
+    /// An inbox item was raised, read or resolved (`data`: the item).
+    pub const INBOX_UPDATED: &str = "inbox.updated";
 }
 
 /// A signal waiting in the outbox for delivery to Temporal.

@@ -200,9 +200,14 @@ impl Store {
     /// Repositories of the user's recent proposals, most recent first, without duplicates.
     pub async fn recent_repos(&self, user: &str, limit: i64) -> Result<Vec<String>> {
         let repos: Vec<String> = db!(self, |pool, pg| {
+            // Repositories tasks ran on come first; proposed ones fill in.
             sqlx::query_scalar(
-                "SELECT repo FROM proposals WHERE user_id = $1 \
-                 GROUP BY repo ORDER BY MAX(created_at) DESC LIMIT $2",
+                "SELECT repo FROM (\
+                   SELECT repo, 1 AS rank, last_used_at AS at FROM projects WHERE user_id = $1 \
+                   UNION ALL \
+                   SELECT repo, 2 AS rank, MAX(created_at) AS at FROM proposals \
+                   WHERE user_id = $1 GROUP BY repo\
+                 ) AS used GROUP BY repo ORDER BY MIN(rank), MAX(at) DESC LIMIT $2",
             )
             .bind(user)
             .bind(limit)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use mainloop_store::{
+    ConfirmOverrides, Cost, InboxKind, NewInboxItem, NewTaskInput, TaskProjection, TaskStatus,
     Decision, MessageKind, MessageStatus, NewEvent, NewProposal, ProposalStatus, Role, Store,
     StoreError, Usage, event_kind,
 };
@@ -77,6 +78,10 @@ on_both!(
     outbox_keeps_order_within_a_workflow_across_retries,
     compaction_folds_each_message_once,
     migrations_are_idempotent,
+    confirming_a_proposal_creates_its_task_once,
+    task_records_resolve_and_raise_inbox_items_once,
+    task_input_is_checked_against_the_state_and_stored_once,
+    job_logs_and_costs_are_counted_once,
 );
 
 const WF: &str = "main-thread/alice";
@@ -659,4 +664,253 @@ async fn unknown_url_schemes_are_refused_without_leaking_secrets() {
         Err(other) => panic!("unexpected error {other}"),
         Ok(_) => panic!("mysql accepted"),
     }
+}
+
+/// A confirmed task for alice on acme/web.
+async fn confirmed_task(store: &Store, id: &str) -> Result<mainloop_store::Task> {
+    let m = store
+        .accept_user_message("alice", &format!("k-{id}"), "add dark mode", WF)
+        .await?
+        .message;
+    let reply = store.start_reply("alice", &m.id).await?.message;
+    store
+        .create_proposal(
+            "alice",
+            &NewProposal {
+                id: id.into(),
+                message_id: reply.id.clone(),
+                title: "Add dark mode".into(),
+                description: "Follow the system theme".into(),
+                repo: "acme/web".into(),
+                model: None,
+                skip_planning: false,
+            },
+        )
+        .await?;
+    let (_, task) = store
+        .confirm_proposal("alice", id, &ConfirmOverrides::default(), WF)
+        .await?;
+    Ok(task)
+}
+
+async fn confirming_a_proposal_creates_its_task_once(store: &Store) -> Result<()> {
+    let m = store
+        .accept_user_message("alice", "k", "add dark mode", WF)
+        .await?
+        .message;
+    let reply = store.start_reply("alice", &m.id).await?.message;
+    store
+        .create_proposal(
+            "alice",
+            &NewProposal {
+                id: "p1".into(),
+                message_id: reply.id.clone(),
+                title: "Add dark mode".into(),
+                description: "Follow the system theme".into(),
+                repo: "acme/web".into(),
+                model: None,
+                skip_planning: false,
+            },
+        )
+        .await?;
+    let overrides = ConfirmOverrides {
+        repo: Some("acme/app".into()),
+        model: Some("claude-opus-4-1".into()),
+        skip_planning: Some(true),
+    };
+    let (proposal, task) = store.confirm_proposal("alice", "p1", &overrides, WF).await?;
+    assert_eq!(proposal.status, ProposalStatus::Confirmed);
+    assert_eq!(task.id, "p1");
+    assert_eq!(task.repo, "acme/app");
+    assert_eq!(task.model.as_deref(), Some("claude-opus-4-1"));
+    assert!(task.skip_planning);
+    assert_eq!(task.status, TaskStatus::Pending);
+    let again = store.confirm_proposal("alice", "p1", &overrides, WF).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert!(matches!(
+        store.confirm_proposal("bob", "p1", &overrides, WF).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.get_task("bob", "p1").await,
+        Err(StoreError::NotFound)
+    ));
+    let projects = store.list_projects("alice", 10).await?;
+    assert_eq!(projects.len(), 1);
+    assert_eq!(projects[0].repo, "acme/app");
+    assert_eq!(store.recent_repos("alice", 5).await?[0], "acme/app");
+    let signals: Vec<_> = store
+        .claim_outbox(100, Duration::from_secs(30))
+        .await?
+        .into_iter()
+        .filter(|item| item.signal == "proposal_decision")
+        .collect();
+    assert_eq!(signals.len(), 1);
+    assert!(signals[0].payload.contains("confirmed"));
+    Ok(())
+}
+
+async fn task_records_resolve_and_raise_inbox_items_once(store: &Store) -> Result<()> {
+    let task = confirmed_task(store, "t1").await?;
+    let review = NewInboxItem {
+        id: "t1/plan-review/1".into(),
+        kind: InboxKind::PlanReview,
+        title: "Review the plan".into(),
+        body: String::new(),
+        url: None,
+        resolved: false,
+    };
+    let projection = TaskProjection {
+        status: Some(TaskStatus::WaitingPlanReview),
+        detail: "plan ready".into(),
+        issue_number: Some(12),
+        ..TaskProjection::default()
+    };
+    let recorded = store
+        .record_task("alice", &task.id, &projection, Some(&review))
+        .await?;
+    assert_eq!(recorded.status, TaskStatus::WaitingPlanReview);
+    assert_eq!(recorded.issue_number, Some(12));
+    // Recording the same thing twice (a retried activity) keeps one item and one event.
+    let before = store.last_event_id().await?;
+    store
+        .record_task("alice", &task.id, &projection, Some(&review))
+        .await?;
+    assert_eq!(store.last_event_id().await?, before);
+    let inbox = store.list_inbox("alice", 50).await?;
+    assert_eq!(inbox.len(), 1);
+    assert!(inbox[0].unread && !inbox[0].resolved);
+    assert_eq!(store.unread_count("alice").await?, 1);
+    // Moving on resolves what was asked.
+    store
+        .record_task(
+            "alice",
+            &task.id,
+            &TaskProjection {
+                status: Some(TaskStatus::Implementing),
+                ..projection.clone()
+            },
+            None,
+        )
+        .await?;
+    let inbox = store.list_inbox("alice", 50).await?;
+    assert!(inbox[0].resolved && !inbox[0].unread);
+    assert!(inbox[0].resolved_at.is_some());
+    let merged = store
+        .record_task(
+            "alice",
+            &task.id,
+            &TaskProjection {
+                status: Some(TaskStatus::Merged),
+                ..projection
+            },
+            Some(&NewInboxItem {
+                id: "t1/done".into(),
+                kind: InboxKind::Done,
+                title: "Merged".into(),
+                body: String::new(),
+                url: None,
+                resolved: true,
+            }),
+        )
+        .await?;
+    assert!(merged.completed_at.is_some());
+    assert_eq!(store.unread_count("alice").await?, 1);
+    let read = store.mark_inbox_read("alice", None).await?;
+    assert_eq!(read.len(), 1);
+    assert_eq!(store.unread_count("alice").await?, 0);
+    assert!(matches!(
+        store.mark_inbox_read("alice", Some("nope")).await,
+        Err(StoreError::NotFound)
+    ));
+    Ok(())
+}
+
+async fn task_input_is_checked_against_the_state_and_stored_once(store: &Store) -> Result<()> {
+    let task = confirmed_task(store, "t2").await?;
+    let input = NewTaskInput {
+        id: "in-1".into(),
+        kind: "plan_review",
+        payload: serde_json::json!({ "action": "approve" }),
+    };
+    let refused = store
+        .add_task_input("alice", &task.id, &input, &[TaskStatus::WaitingPlanReview])
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Conflict(reason)) if reason.contains("pending")),
+        "{refused:?}"
+    );
+    store
+        .record_task(
+            "alice",
+            &task.id,
+            &TaskProjection {
+                status: Some(TaskStatus::WaitingPlanReview),
+                ..TaskProjection::default()
+            },
+            None,
+        )
+        .await?;
+    store.claim_outbox(100, Duration::from_secs(30)).await?;
+    for _ in 0..2 {
+        store
+            .add_task_input("alice", &task.id, &input, &[TaskStatus::WaitingPlanReview])
+            .await?;
+    }
+    let signals = store.claim_outbox(100, Duration::from_secs(30)).await?;
+    assert_eq!(signals.len(), 1, "{signals:?}");
+    assert_eq!(signals[0].workflow_id, "task/t2");
+    assert_eq!(signals[0].signal, "plan_review");
+    let payload: serde_json::Value = serde_json::from_str(&signals[0].payload)?;
+    assert_eq!(payload["id"], "in-1");
+    assert_eq!(payload["action"], "approve");
+    Ok(())
+}
+
+async fn job_logs_and_costs_are_counted_once(store: &Store) -> Result<()> {
+    let task = confirmed_task(store, "t3").await?;
+    store
+        .start_task_run("alice", &task.id, "t3-plan-1", "plan")
+        .await?;
+    let lines = vec![
+        (0, "agent".to_string(), "cloning".to_string()),
+        (1, "claude".to_string(), "reading the code".to_string()),
+    ];
+    assert_eq!(
+        store
+            .append_task_logs("alice", &task.id, "t3-plan-1", &lines)
+            .await?,
+        2
+    );
+    // A re-attached job replays its output: nothing new is stored.
+    assert_eq!(
+        store
+            .append_task_logs("alice", &task.id, "t3-plan-1", &lines)
+            .await?,
+        0
+    );
+    assert_eq!(store.task_logs("alice", &task.id, 100).await?.len(), 2);
+    let cost = Cost {
+        input_tokens: 100,
+        output_tokens: 20,
+        cache_tokens: 5,
+        cost_usd: 0.25,
+    };
+    for _ in 0..2 {
+        store
+            .finish_task_run("alice", &task.id, "t3-plan-1", true, "planned", cost)
+            .await?;
+    }
+    let task = store.get_task("alice", &task.id).await?;
+    assert_eq!(task.cost, cost);
+    let runs = store.task_runs("alice", &task.id).await?;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, "succeeded");
+    store.put_artifact(&task.id, "ci/1", "boom").await?;
+    store.put_artifact(&task.id, "ci/1", "boom again").await?;
+    assert_eq!(
+        store.artifact(&task.id, "ci/1").await?.as_deref(),
+        Some("boom again")
+    );
+    Ok(())
 }
