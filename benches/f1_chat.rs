@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use mainloop::config::{ApiArgs, ChatArgs, QueueArgs, StoreArgs, WorkerSettingsArgs};
-use mainloop::run::{api_settings, open_store, run_worker, start_api};
+use mainloop::config::{
+    ApiArgs, ChatArgs, GitHubArgs, QueueArgs, StoreArgs, TaskArgs, WorkerSettingsArgs,
+};
+use mainloop::run::{WorkerParts, api_settings, github_client, open_store, run_worker, start_api};
 use mainloop_api::TemporalLink;
 use mainloop_testkit::anthropic::FakeAnthropic;
 use mainloop_testkit::ports::free_port;
@@ -87,6 +89,10 @@ struct Settings {
     worker: WorkerSettingsArgs,
     #[command(flatten)]
     chat: ChatArgs,
+    #[command(flatten)]
+    github: GitHubArgs,
+    #[command(flatten)]
+    tasks: TaskArgs,
 }
 
 fn main() -> Result<()> {
@@ -123,6 +129,7 @@ async fn bench() -> Result<()> {
         api_settings(&settings.api, &settings.queue)?,
         store.clone(),
         TemporalLink::connected(client.clone()),
+        github_client(&settings.github)?,
         &shutdown,
     )
     .await?;
@@ -150,9 +157,14 @@ async fn bench() -> Result<()> {
         run_worker(
             client.clone(),
             store.clone(),
-            &settings.queue,
-            &settings.worker,
-            &settings.chat,
+            WorkerParts {
+                queue: &settings.queue,
+                worker: &settings.worker,
+                chat: &settings.chat,
+                github: &settings.github,
+                tasks: &settings.tasks,
+                data_dir: dir.path().to_path_buf(),
+            },
             shutdown.clone(),
         ),
         calibration_worker.run(),

@@ -50,6 +50,10 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DevArgs {
     #[command(flatten)]
+    pub github: GitHubArgs,
+    #[command(flatten)]
+    pub tasks: TaskArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
     pub queue: QueueArgs,
@@ -73,6 +77,8 @@ pub struct DevArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
+    pub github: GitHubArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
     pub queue: QueueArgs,
@@ -82,6 +88,10 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
+    #[command(flatten)]
+    pub github: GitHubArgs,
+    #[command(flatten)]
+    pub tasks: TaskArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -220,4 +230,103 @@ pub struct ChatArgs {
     /// Attempts of a turn before it ends in a visible error.
     #[arg(long, env = "MAINLOOP_TURN_RETRY_ATTEMPTS", default_value_t = 8)]
     pub turn_retry_attempts: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct GitHubArgs {
+    /// GitHub's REST API (GitHub Enterprise: `https://HOST/api/v3`).
+    #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: url::Url,
+    /// GitHub token: issues, pull requests, checks, and the agents' git pushes.
+    #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RunnerArg {
+    /// A process per job in a fresh workspace under the data directory.
+    Local,
+    /// A Kubernetes Job per job, in a namespace per task.
+    Kubernetes,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// Model of the worker agents (a task may name another).
+    #[arg(long, env = "MAINLOOP_WORKER_MODEL", default_value = "claude-opus-4-1")]
+    pub worker_model: String,
+    /// Where jobs run.
+    #[arg(long, env = "MAINLOOP_JOB_RUNNER", value_enum, default_value = "local")]
+    pub job_runner: RunnerArg,
+    /// Most jobs running at once in this worker (tasks waiting for a person hold none).
+    #[arg(long, env = "MAINLOOP_MAX_JOBS", default_value_t = 3)]
+    pub max_jobs: usize,
+    /// The `mainloop-agent` binary of local jobs (default: next to this binary, else PATH).
+    #[arg(long, env = "MAINLOOP_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+    /// The Claude Code CLI local jobs run (default: `claude` on PATH).
+    #[arg(long, env = "MAINLOOP_CLAUDE_BIN")]
+    pub claude_bin: Option<PathBuf>,
+    /// Workspaces of local jobs (default: `jobs` in the data directory).
+    #[arg(long, env = "MAINLOOP_JOBS_DIR")]
+    pub jobs_dir: Option<PathBuf>,
+    /// Image of Kubernetes jobs.
+    #[arg(
+        long,
+        env = "MAINLOOP_AGENT_IMAGE",
+        default_value = "ghcr.io/mainloop-dev/mainloop-agent:latest"
+    )]
+    pub agent_image: String,
+    /// Claude subscription token for the agents (used when ANTHROPIC_API_KEY is not set).
+    #[arg(long, env = "CLAUDE_CODE_OAUTH_TOKEN", hide_env_values = true)]
+    pub claude_code_oauth_token: Option<String>,
+    /// Author name of the agents' commits.
+    #[arg(long, env = "MAINLOOP_GIT_AUTHOR_NAME", default_value = "mainloop")]
+    pub git_author_name: String,
+    /// Author email of the agents' commits.
+    #[arg(
+        long,
+        env = "MAINLOOP_GIT_AUTHOR_EMAIL",
+        default_value = "mainloop@users.noreply.github.com"
+    )]
+    pub git_author_email: String,
+    /// The app's public URL, linked from GitHub comments.
+    #[arg(long, env = "MAINLOOP_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Fix jobs per CI phase before the task fails.
+    #[arg(long, env = "MAINLOOP_MAX_CI_FIXES", default_value_t = 5)]
+    pub max_ci_fixes: u32,
+    /// First wait before reading CI again (doubles up to MAINLOOP_CI_POLL_MAX).
+    #[arg(long, env = "MAINLOOP_CI_POLL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub ci_poll: Duration,
+    /// Longest wait between two reads of CI.
+    #[arg(long, env = "MAINLOOP_CI_POLL_MAX", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub ci_poll_max: Duration,
+    /// Longest CI may stay pending before the task fails (retryable).
+    #[arg(long, env = "MAINLOOP_CI_TIMEOUT", default_value = "2h", value_parser = humantime::parse_duration)]
+    pub ci_timeout: Duration,
+    /// First wait before reading GitHub for replies to questions and plans (grows ×1.5).
+    #[arg(long, env = "MAINLOOP_HUMAN_POLL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub human_poll: Duration,
+    /// Longest wait between two reads of GitHub for replies.
+    #[arg(long, env = "MAINLOOP_HUMAN_POLL_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub human_poll_max: Duration,
+    /// First wait before reading a PR under review (grows ×1.5).
+    #[arg(long, env = "MAINLOOP_REVIEW_POLL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub review_poll: Duration,
+    /// Longest wait between two reads of a PR under review.
+    #[arg(long, env = "MAINLOOP_REVIEW_POLL_MAX", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub review_poll_max: Duration,
+    /// Longest one job may run.
+    #[arg(long, env = "MAINLOOP_JOB_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub job_timeout: Duration,
+    /// A job whose worker stops heartbeating for this long is re-attached by another.
+    #[arg(long, env = "MAINLOOP_JOB_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub job_heartbeat_timeout: Duration,
+    /// First retry delay of a failed GitHub call or job start (doubles per attempt).
+    #[arg(long, env = "MAINLOOP_RETRY_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_initial: Duration,
+    /// Longest retry delay of a failed GitHub call or job start.
+    #[arg(long, env = "MAINLOOP_RETRY_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
 }

@@ -9,7 +9,9 @@ use mainloop_workflows::TemporalSettings;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DevArgs;
-use crate::run::{api_settings, data_dir, identity, open_store, run_worker, start_api};
+use crate::run::{
+    WorkerParts, api_settings, data_dir, github_client, identity, open_store, run_worker, start_api,
+};
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     // Refuse bad settings before starting anything.
@@ -59,6 +61,7 @@ async fn run_services(
         api,
         store.clone(),
         TemporalLink::connected(client.clone()),
+        github_client(&args.github)?,
         &api_shutdown,
     )
     .await?;
@@ -66,15 +69,15 @@ async fn run_services(
     if let Some(ui) = temporal.ui_url() {
         println!("temporal-ui  {ui}");
     }
-    let worked = run_worker(
-        client,
-        store.clone(),
-        &args.queue,
-        &args.worker,
-        &args.chat,
-        shutdown,
-    )
-    .await;
+    let parts = WorkerParts {
+        queue: &args.queue,
+        worker: &args.worker,
+        chat: &args.chat,
+        github: &args.github,
+        tasks: &args.tasks,
+        data_dir: data_dir(&args.store)?,
+    };
+    let worked = run_worker(client, store.clone(), parts, shutdown).await;
     api_shutdown.cancel();
     let served = server.await.context("the API task failed")?;
     store.close().await;

@@ -16,8 +16,15 @@ use mainloop_workflows::worker::{self, Implementations, WorkerSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    ApiArgs, AuthArg, ChatArgs, QueueArgs, ServeArgs, StoreArgs, WorkerArgs, WorkerSettingsArgs,
+    ApiArgs, AuthArg, ChatArgs, GitHubArgs, QueueArgs, RunnerArg, ServeArgs, StoreArgs, TaskArgs,
+    WorkerArgs, WorkerSettingsArgs,
 };
+use mainloop_activities::github::{GitHub, GitHubSettings};
+use mainloop_activities::jobs::JobRunner;
+use mainloop_activities::jobs::JobSecrets;
+use mainloop_activities::jobs::kubernetes::{KubernetesRunner, KubernetesSettings};
+use mainloop_activities::jobs::local::{LocalRunner, LocalRunnerSettings};
+use mainloop_activities::tasks::{TaskActivities, TaskConfig, TaskSettings};
 
 pub async fn migrate(args: StoreArgs) -> Result<()> {
     let store = open_store(&args, true).await?;
@@ -32,8 +39,16 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     let temporal = TemporalSettings::from_env(&identity("serve"))?;
     tracing::info!(address = %temporal.address(), namespace = %temporal.namespace, "Temporal");
     let link = TemporalLink::connect_in_background(temporal, shutdown.clone());
-    let (server, address) =
-        start_api(args.api.listen, settings, store.clone(), link, &shutdown).await?;
+    let github = github_client(&args.github)?;
+    let (server, address) = start_api(
+        args.api.listen,
+        settings,
+        store.clone(),
+        link,
+        github,
+        &shutdown,
+    )
+    .await?;
     println!("mainloop  http://{address}");
     let result = server.await.context("the API task failed")?;
     store.close().await;
@@ -55,15 +70,15 @@ pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()>
              `temporal operator search-attribute create` (see docs)"
         );
     }
-    run_worker(
-        client,
-        store.clone(),
-        &args.queue,
-        &args.worker,
-        &args.chat,
-        shutdown,
-    )
-    .await?;
+    let parts = WorkerParts {
+        queue: &args.queue,
+        worker: &args.worker,
+        chat: &args.chat,
+        github: &args.github,
+        tasks: &args.tasks,
+        data_dir: data_dir(&args.store)?,
+    };
+    run_worker(client, store.clone(), parts, shutdown).await?;
     store.close().await;
     Ok(())
 }
@@ -145,12 +160,14 @@ pub async fn start_api(
     settings: ApiSettings,
     store: Store,
     temporal: TemporalLink,
+    github: GitHub,
     shutdown: &CancellationToken,
 ) -> Result<(tokio::task::JoinHandle<Result<()>>, std::net::SocketAddr)> {
     let state = AppState {
         store,
         auth: Arc::new(settings.auth.clone()),
         temporal,
+        github,
         shutdown: shutdown.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen)
@@ -168,15 +185,29 @@ pub async fn start_api(
     Ok((server, address))
 }
 
+/// What the worker is made of, from the command line.
+pub struct WorkerParts<'a> {
+    pub queue: &'a QueueArgs,
+    pub worker: &'a WorkerSettingsArgs,
+    pub chat: &'a ChatArgs,
+    pub github: &'a GitHubArgs,
+    pub tasks: &'a TaskArgs,
+    pub data_dir: PathBuf,
+}
+
 /// Runs the worker on the current task until `shutdown` (the SDK's worker cannot be spawned).
 pub async fn run_worker(
     client: temporalio_client::Client,
     store: Store,
-    queue: &QueueArgs,
-    worker_args: &WorkerSettingsArgs,
-    chat: &ChatArgs,
+    parts: WorkerParts<'_>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let WorkerParts {
+        queue,
+        worker: worker_args,
+        chat,
+        ..
+    } = parts;
     let model = match &chat.anthropic_api_key {
         Some(key) if !key.trim().is_empty() => Some(
             AnthropicClient::new(
@@ -201,7 +232,13 @@ pub async fn run_worker(
             sticky_timeout: worker_args.sticky_timeout,
         },
         Implementations {
-            chat: ChatActivities::new(store, model, settings),
+            chat: ChatActivities::new(store.clone(), model, settings),
+            tasks: TaskActivities::new(
+                store,
+                github_client(parts.github)?,
+                job_runner(&parts).await?,
+                task_settings(parts.tasks),
+            ),
         },
         shutdown,
     )
@@ -248,4 +285,125 @@ pub fn identity(role: &str) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
     format!("mainloop-{role}@{host}:{}", std::process::id())
+}
+
+pub fn github_client(args: &GitHubArgs) -> Result<GitHub> {
+    let token = args
+        .github_token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    if token.is_none() {
+        tracing::warn!("GITHUB_TOKEN is not set: tasks cannot use GitHub");
+    }
+    GitHub::new(GitHubSettings {
+        api_url: args.github_api_url.clone(),
+        token,
+    })
+    .map_err(|e| anyhow::anyhow!("the GitHub client: {e}"))
+}
+
+/// The task activities' settings, and the task workflow's, from the command line.
+pub fn task_settings(tasks: &TaskArgs) -> TaskSettings {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    TaskSettings {
+        worker_model: tasks.worker_model.clone(),
+        git_author_name: tasks.git_author_name.clone(),
+        git_author_email: tasks.git_author_email.clone(),
+        max_running_jobs: tasks.max_jobs.max(1),
+        app_url: tasks.public_url.clone(),
+        mention: "@mainloop".to_string(),
+        failure_log_bytes: 60_000,
+        config: TaskConfig {
+            ci_poll_initial_ms: millis(tasks.ci_poll),
+            ci_poll_max_ms: millis(tasks.ci_poll_max),
+            ci_pending_timeout_ms: millis(tasks.ci_timeout),
+            max_ci_fixes: tasks.max_ci_fixes,
+            human_poll_initial_ms: millis(tasks.human_poll),
+            human_poll_max_ms: millis(tasks.human_poll_max),
+            review_poll_initial_ms: millis(tasks.review_poll),
+            review_poll_max_ms: millis(tasks.review_poll_max),
+            job_timeout_ms: millis(tasks.job_timeout),
+            job_heartbeat_ms: millis(tasks.job_heartbeat_timeout),
+            github_retry_initial_ms: millis(tasks.retry_initial),
+            github_retry_max_ms: millis(tasks.retry_max),
+            ..TaskConfig::default()
+        },
+    }
+}
+
+/// The job runner the configuration names, with the secrets jobs get.
+async fn job_runner(parts: &WorkerParts<'_>) -> Result<Arc<dyn JobRunner>> {
+    let tasks = parts.tasks;
+    let secrets = JobSecrets {
+        github_token: parts
+            .github
+            .github_token
+            .clone()
+            .filter(|t| !t.trim().is_empty()),
+        anthropic_api_key: parts
+            .chat
+            .anthropic_api_key
+            .clone()
+            .filter(|k| !k.trim().is_empty()),
+        claude_code_oauth_token: tasks
+            .claude_code_oauth_token
+            .clone()
+            .filter(|t| !t.trim().is_empty()),
+    };
+    let mut env = vec![
+        (
+            "ANTHROPIC_BASE_URL".to_string(),
+            parts.chat.anthropic_base_url.clone(),
+        ),
+        (
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_string(),
+            "1".to_string(),
+        ),
+        ("DISABLE_AUTOUPDATER".to_string(), "1".to_string()),
+    ];
+    match tasks.job_runner {
+        RunnerArg::Local => {
+            let agent = match &tasks.agent_bin {
+                Some(path) => path.clone(),
+                None => {
+                    let beside = std::env::current_exe()
+                        .ok()
+                        .map(|exe| exe.with_file_name("mainloop-agent"))
+                        .filter(|p| p.exists());
+                    beside.unwrap_or_else(|| PathBuf::from("mainloop-agent"))
+                }
+            };
+            let jobs_dir = tasks
+                .jobs_dir
+                .clone()
+                .unwrap_or_else(|| parts.data_dir.join("jobs"));
+            std::fs::create_dir_all(&jobs_dir)
+                .with_context(|| format!("creating {}", jobs_dir.display()))?;
+            if let Some(claude) = &tasks.claude_bin {
+                env.push((
+                    "MAINLOOP_CLAUDE_BIN".to_string(),
+                    claude.display().to_string(),
+                ));
+            }
+            // Claude Code keeps its state under HOME: one per runner, not the operator's own.
+            let home = jobs_dir.join("home");
+            std::fs::create_dir_all(&home)?;
+            env.push(("HOME".to_string(), home.display().to_string()));
+            let mut settings = LocalRunnerSettings::new(agent, jobs_dir);
+            settings.secrets = secrets;
+            settings.extra_env = env;
+            Ok(Arc::new(LocalRunner::new(settings)))
+        }
+        RunnerArg::Kubernetes => {
+            let mut settings = KubernetesSettings::new(tasks.agent_image.clone());
+            settings.secrets = secrets;
+            settings.extra_env = env;
+            let runner = KubernetesRunner::try_default(settings)
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to Kubernetes: {e}"))?;
+            Ok(Arc::new(runner))
+        }
+    }
 }

@@ -121,6 +121,14 @@ pub struct NoticeInput {
     pub text: String,
 }
 
+/// A short assistant note for the thread (a task event), said once per key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NoteInput {
+    pub user: String,
+    pub key: String,
+    pub text: String,
+}
+
 /// Error types the workflow tells apart (`ApplicationFailure` type names).
 pub mod failure_type {
     /// The model refused the request for good (bad key, unknown model, invalid request).
@@ -370,6 +378,20 @@ impl ChatActivities {
                     json!({ "level": input.level, "text": input.text }),
                 )],
             )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Adds a task event to the thread as a short note.
+    #[activity(name = "thread.note")]
+    pub async fn note(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: NoteInput,
+    ) -> Result<(), ActivityError> {
+        self.store
+            .add_note(&input.user, &input.key, &input.text)
             .await
             .map_err(store_error)?;
         Ok(())

@@ -24,6 +24,10 @@ pub mod code {
     pub const NOT_FOUND: &str = "not_found";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const CONFLICT: &str = "conflict";
+    /// The repository does not exist, is not visible, or mainloop cannot push to it.
+    pub const INVALID_REPO: &str = "invalid_repo";
+    /// Answers that do not match the questions waiting.
+    pub const INVALID_ANSWERS: &str = "invalid_answers";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
     pub const TIMEOUT: &str = "timeout";
     pub const UNAVAILABLE: &str = "unavailable";

@@ -75,6 +75,43 @@ where
     }
 }
 
+/// A JSON object body that may be left out entirely (no body, no content type): then the
+/// type's default. A body that is sent is checked like [`ApiJson`].
+pub struct OptionalJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers();
+        let declared_empty = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+        let no_type = headers.get(axum::http::header::CONTENT_TYPE).is_none();
+        let chunked = headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+        if no_type && (declared_empty || !chunked) {
+            let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+                ApiError::bad_request(code::INVALID_BODY, rejection.body_text())
+            })?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(OptionalJson(T::default()));
+            }
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as application/json",
+            ));
+        }
+        ApiJson::<T>::from_request(req, state)
+            .await
+            .map(|ApiJson(value)| OptionalJson(value))
+    }
+}
+
 /// `application/json`, or a `+json` type, with any parameters.
 fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
     let Some(value) = headers

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod outbox;
 mod proposals;
 mod session;
+mod tasks;
 pub mod temporal;
 
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub store: Store,
     pub auth: Arc<AuthConfig>,
     pub temporal: TemporalLink,
+    /// Checks repositories when a proposal is confirmed.
+    pub github: mainloop_activities::github::GitHub,
     /// Cancelled when the server shuts down; long-lived streams end on it.
     pub shutdown: CancellationToken,
 }
@@ -65,6 +68,18 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
     let authenticated = Router::new()
         .route("/api/messages", get(messages::list).post(messages::post))
         .route("/api/proposals/{id}/reject", post(proposals::reject))
+        .route("/api/proposals/{id}/confirm", post(tasks::confirm))
+        .route("/api/tasks", get(tasks::list))
+        .route("/api/tasks/{id}", get(tasks::get))
+        .route("/api/tasks/{id}/logs", get(tasks::logs))
+        .route("/api/tasks/{id}/answer", post(tasks::answer))
+        .route("/api/tasks/{id}/review-plan", post(tasks::review_plan))
+        .route("/api/tasks/{id}/retry", post(tasks::retry))
+        .route("/api/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/api/inbox", get(tasks::inbox))
+        .route("/api/inbox/read-all", post(tasks::read_all))
+        .route("/api/inbox/{id}/read", post(tasks::read))
+        .route("/api/projects", get(tasks::projects))
         .layer(timed.clone())
         // The event stream lives as long as the client wants: no request timeout.
         .route("/api/events", get(events::stream))

@@ -87,6 +87,14 @@ impl Api {
             store: store.clone(),
             auth: Arc::new(auth),
             temporal: TemporalLink::disconnected(),
+            github: mainloop_activities::github::GitHub::new(
+                mainloop_activities::github::GitHubSettings {
+                    // Nothing listens there: validation never reaches GitHub.
+                    api_url: "http://127.0.0.1:9/".parse().expect("a URL"),
+                    token: None,
+                },
+            )
+            .expect("a GitHub client"),
             shutdown: shutdown.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

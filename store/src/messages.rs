@@ -211,6 +211,74 @@ impl Store {
         Ok(accepted)
     }
 
+    /// Adds a short assistant note to the thread (a task event said in the chat), once per
+    /// `key`: a repeated note returns the first.
+    pub async fn add_note(&self, user: &str, key: &str, text: &str) -> Result<Message> {
+        let idempotency_key = format!("note:{key}");
+        let (message, added) = db!(self, |pool, pg| {
+            let mut tx = begin_write!(pool, pg)?;
+            let existing: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = $1 AND idempotency_key = $2"
+            )))
+            .bind(user)
+            .bind(&idempotency_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                tx.rollback().await?;
+                (row.into_message(Vec::new())?, false)
+            } else {
+                let at = now();
+                sqlx::query(
+                    "INSERT INTO threads (user_id, created_at, updated_at) VALUES ($1, $2, $2) \
+                     ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(user)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                let id = new_message_id();
+                let seq: i64 = sqlx::query_scalar(
+                    "INSERT INTO messages (id, user_id, role, kind, content, status, \
+                     idempotency_key, created_at, completed_at) \
+                     VALUES ($1, $2, 'assistant', 'note', $3, 'complete', $4, $5, $5) RETURNING seq",
+                )
+                .bind(&id)
+                .bind(user)
+                .bind(text)
+                .bind(&idempotency_key)
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                let message = Message {
+                    id,
+                    seq,
+                    role: Role::Assistant,
+                    kind: MessageKind::Note,
+                    content: text.to_string(),
+                    status: MessageStatus::Complete,
+                    reply_to: None,
+                    created_at: at,
+                    completed_at: Some(at),
+                    usage: None,
+                    proposals: Vec::new(),
+                };
+                insert_events!(
+                    tx,
+                    pg,
+                    user,
+                    &[NewEvent::new(event_kind::MESSAGE_CREATED, &message)]
+                );
+                tx.commit().await?;
+                (message, true)
+            }
+        });
+        if added {
+            self.wake_events();
+        }
+        Ok(message)
+    }
+
     /// One page of the thread, oldest first: the `limit` messages just before `before_seq`
     /// (or the newest ones), with their proposals.
     pub async fn list_messages(

@@ -502,7 +502,14 @@ impl Store {
                 user,
                 workflow_id,
                 SIGNAL_PROPOSAL_DECISION,
-                &json!({ "proposal_id": id, "decision": "confirmed" }).to_string(),
+                &json!({
+                    "proposal_id": id,
+                    "decision": "confirmed",
+                    "title": proposal.title,
+                    "repo": proposal.repo,
+                    "skip_planning": proposal.skip_planning,
+                })
+                .to_string(),
                 at
             );
             insert_events!(
@@ -952,7 +959,18 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(job, mode, status, summary, input, output, cache, cost_usd, started, finished)| {
+                |(
+                    job,
+                    mode,
+                    status,
+                    summary,
+                    input,
+                    output,
+                    cache,
+                    cost_usd,
+                    started,
+                    finished,
+                )| {
                     TaskRun {
                         job,
                         mode,

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use mainloop_store::{
-    ConfirmOverrides, Cost, InboxKind, NewInboxItem, NewTaskInput, TaskProjection, TaskStatus,
-    Decision, MessageKind, MessageStatus, NewEvent, NewProposal, ProposalStatus, Role, Store,
-    StoreError, Usage, event_kind,
+    ConfirmOverrides, Cost, Decision, InboxKind, MessageKind, MessageStatus, NewEvent,
+    NewInboxItem, NewProposal, NewTaskInput, ProposalStatus, Role, Store, StoreError,
+    TaskProjection, TaskStatus, Usage, event_kind,
 };
 use mainloop_testkit::postgres::PgServer;
 
@@ -718,7 +718,9 @@ async fn confirming_a_proposal_creates_its_task_once(store: &Store) -> Result<()
         model: Some("claude-opus-4-1".into()),
         skip_planning: Some(true),
     };
-    let (proposal, task) = store.confirm_proposal("alice", "p1", &overrides, WF).await?;
+    let (proposal, task) = store
+        .confirm_proposal("alice", "p1", &overrides, WF)
+        .await?;
     assert_eq!(proposal.status, ProposalStatus::Confirmed);
     assert_eq!(task.id, "p1");
     assert_eq!(task.repo, "acme/app");

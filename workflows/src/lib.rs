@@ -9,12 +9,14 @@ pub mod defaults;
 pub mod main_thread;
 pub mod payload;
 pub mod replay;
+pub mod task;
 pub mod worker;
 
 use temporalio_common::search_attributes::SearchAttributeKey;
 
 pub use connect::TemporalSettings;
 pub use main_thread::{MainThreadInput, MainThreadWorkflow};
+pub use task::{TaskInput, WorkerTaskWorkflow};
 
 /// Task queue of mainloop's workflows and activities unless configured otherwise.
 pub const DEFAULT_TASK_QUEUE: &str = "mainloop";

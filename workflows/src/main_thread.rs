@@ -19,20 +19,23 @@ use std::time::Duration;
 use futures::future::FusedFuture;
 use mainloop_activities::ChatActivities;
 use mainloop_activities::chat::{
-    ActivityTiming, CompactInput, CompactOutput, FailTurnInput, NoticeInput, ThreadConfig,
-    TurnInput, failure_type,
+    ActivityTiming, CompactInput, CompactOutput, FailTurnInput, NoteInput, NoticeInput,
+    ThreadConfig, TurnInput, failure_type,
 };
+use mainloop_store::task_workflow_id;
 use serde::{Deserialize, Serialize};
 use temporalio_common::RetryPolicy;
 use temporalio_common::data_converters::RawValue;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflows::select;
 use temporalio_sdk::{
-    ActivityExecutionError, ActivityOptions, ContinueAsNewOptions, LocalActivityOptions,
-    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+    ActivityExecutionError, ActivityOptions, ChildWorkflowOptions, ContinueAsNewOptions,
+    LocalActivityOptions, ParentClosePolicy, SyncWorkflowContext, WorkflowContext,
+    WorkflowContextView, WorkflowResult,
 };
 
 use crate::payload::{decode_json, describe_activity_error};
+use crate::task::{TaskInput, WorkerTaskWorkflow};
 use crate::{SEARCH_ATTRIBUTE_USER, defaults};
 
 /// Most input ids remembered for de-duplication. The outbox redelivers only what it could not
@@ -87,8 +90,25 @@ pub struct MessageSignal {
 #[serde(deny_unknown_fields)]
 pub struct ProposalDecisionSignal {
     pub proposal_id: String,
-    /// `rejected` (confirming arrives with worker tasks).
+    /// `confirmed` or `rejected`.
     pub decision: String,
+    /// For `confirmed`: what the task is, as confirmed (the user may have changed the repo).
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub skip_planning: Option<bool>,
+}
+
+/// Payload of the `task_event` signal: a task tells the thread something worth a line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEventSignal {
+    /// Unique per occasion: said once.
+    pub id: String,
+    pub task_id: String,
+    pub text: String,
 }
 
 /// What the `state` query reports.
@@ -119,6 +139,7 @@ pub struct MainThreadWorkflow {
 enum Input {
     Message(MessageSignal),
     ProposalDecision(ProposalDecisionSignal),
+    TaskEvent(TaskEventSignal),
 }
 
 #[workflow_methods]
@@ -197,9 +218,17 @@ impl MainThreadWorkflow {
                     }
                 }
                 Ok(Input::ProposalDecision(decision)) => {
-                    // The store already holds the decision; the thread only needs to know of
-                    // it once. Confirmations start worker tasks (next milestone).
-                    remember(ctx, &format!("proposal:{}", decision.proposal_id));
+                    // The store already holds the decision; a confirmation starts the task.
+                    if remember(ctx, &format!("proposal:{}", decision.proposal_id))
+                        && decision.decision == "confirmed"
+                    {
+                        start_task(ctx, &user, decision).await;
+                    }
+                }
+                Ok(Input::TaskEvent(event)) => {
+                    if remember(ctx, &format!("task-event:{}", event.id)) {
+                        say_task_event(ctx, &user, event).await;
+                    }
                 }
                 Err(reason) => {
                     notice(
@@ -243,6 +272,11 @@ impl MainThreadWorkflow {
     #[signal(name = "proposal_decision")]
     pub fn proposal_decision(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
         self.inbox.push_back(inbound("proposal_decision", payload));
+    }
+
+    #[signal(name = "task_event")]
+    pub fn task_event(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
+        self.inbox.push_back(inbound("task_event", payload));
     }
 
     #[query(name = "state")]
@@ -297,13 +331,25 @@ fn parse(inbound: &Inbound) -> Result<Input, String> {
         "proposal_decision" => {
             let decision: ProposalDecisionSignal =
                 serde_json::from_value(payload).map_err(|e| {
-                    format!("expected {{\"proposal_id\": \"…\", \"decision\": \"rejected\"}} ({e})")
+                    format!(
+                        "expected {{\"proposal_id\": \"…\", \"decision\": \"confirmed|rejected\"}} ({e})"
+                    )
                 })?;
             non_empty(&decision.proposal_id, "proposal_id")?;
-            if decision.decision != "rejected" {
-                return Err(format!("unknown decision {:?}", decision.decision));
+            match decision.decision.as_str() {
+                "rejected" => {}
+                "confirmed" if decision.title.is_some() && decision.repo.is_some() => {}
+                "confirmed" => return Err("a confirmation needs `title` and `repo`".to_string()),
+                other => return Err(format!("unknown decision {other:?}")),
             }
             Ok(Input::ProposalDecision(decision))
+        }
+        "task_event" => {
+            let event: TaskEventSignal = serde_json::from_value(payload)
+                .map_err(|e| format!("expected {{\"id\", \"task_id\", \"text\"}} ({e})"))?;
+            non_empty(&event.id, "id")?;
+            non_empty(&event.task_id, "task_id")?;
+            Ok(Input::TaskEvent(event))
         }
         other => Err(format!("unknown signal {other:?}")),
     }
@@ -486,4 +532,69 @@ fn local_options(timeout: Duration) -> LocalActivityOptions {
     LocalActivityOptions::builder()
         .start_to_close_timeout(timeout)
         .build()
+}
+
+/// Starts the worker task of a confirmed proposal. It outlives this run of the thread
+/// (continue-as-new) and the thread itself: parent-close ABANDON.
+async fn start_task(
+    ctx: &WorkflowContext<MainThreadWorkflow>,
+    user: &str,
+    decision: ProposalDecisionSignal,
+) {
+    let task_id = decision.proposal_id.clone();
+    let title = decision.title.unwrap_or_default();
+    let input = TaskInput {
+        task_id: task_id.clone(),
+        user: user.to_string(),
+        title: title.clone(),
+        repo: decision.repo.unwrap_or_default(),
+        skip_planning: decision.skip_planning.unwrap_or(false),
+        resume: None,
+    };
+    let options = ChildWorkflowOptions::builder()
+        .workflow_id(task_workflow_id(&task_id))
+        .parent_close_policy(ParentClosePolicy::Abandon)
+        .static_summary(title)
+        .build();
+    match ctx
+        .start_child_workflow(WorkerTaskWorkflow::run, input, options)
+        .await
+    {
+        Ok(_started) => {}
+        Err(error) => {
+            // Already started (a redelivered confirmation) is the common case; anything else
+            // is told to the user.
+            let text = format!("{error:?}");
+            if !text.contains("AlreadyExists") && !text.contains("AlreadyStarted") {
+                notice(
+                    ctx,
+                    user,
+                    "error",
+                    format!("The task {task_id} could not be started: {text}"),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn say_task_event(
+    ctx: &WorkflowContext<MainThreadWorkflow>,
+    user: &str,
+    event: TaskEventSignal,
+) {
+    let recorded = ctx
+        .execute_local_activity(
+            ChatActivities::note,
+            NoteInput {
+                user: user.to_string(),
+                key: event.id,
+                text: event.text,
+            },
+            local_options(Duration::from_secs(30)),
+        )
+        .await;
+    if let Err(error) = recorded {
+        tracing::error!(%error, "could not add a task note to the thread");
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use mainloop_activities::ChatActivities;
+use mainloop_activities::tasks::TaskActivities;
 use temporalio_client::Client;
 use temporalio_client::tonic::IntoRequest;
 use temporalio_common::protos::temporal::api::enums::v1::IndexedValueType;
@@ -17,7 +18,7 @@ use temporalio_common::protos::temporal::api::operatorservice::v1::{
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::{MainThreadWorkflow, SEARCH_ATTRIBUTES};
+use crate::{MainThreadWorkflow, SEARCH_ATTRIBUTES, WorkerTaskWorkflow};
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -31,6 +32,7 @@ pub struct WorkerSettings {
 /// Everything a worker executes.
 pub struct Implementations {
     pub chat: ChatActivities,
+    pub tasks: TaskActivities,
 }
 
 /// Runs a worker until `shutdown` is cancelled. A worker that stops on its own (Temporal
@@ -47,11 +49,14 @@ pub async fn run(
     let runtime = Runtime::from_current_tokio(Default::default())
         .map_err(|e| anyhow::anyhow!("creating the Temporal runtime: {e}"))?;
     let chat = Arc::new(implementations.chat);
+    let tasks = Arc::new(implementations.tasks);
     let mut backoff = Duration::from_millis(500);
     loop {
         let options = WorkerOptions::new(settings.task_queue.clone())
             .register_workflow::<MainThreadWorkflow>()?
-            .register_activities(ArcChat(chat.clone()))
+            .register_workflow::<WorkerTaskWorkflow>()?
+            .register_activities(Shared(chat.clone()))
+            .register_activities(Shared(tasks.clone()))
             .graceful_shutdown_period(settings.graceful_shutdown)
             .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
             .build();
@@ -86,9 +91,12 @@ pub async fn run(
 }
 
 /// Registers the instance behind an `Arc` so that a rebuilt worker shares it.
-struct ArcChat(Arc<ChatActivities>);
+struct Shared<T>(Arc<T>);
 
-impl temporalio_sdk::activities::ActivityImplementer for ArcChat {
+impl<T> temporalio_sdk::activities::ActivityImplementer for Shared<T>
+where
+    T: temporalio_sdk::activities::ActivityImplementer + Send + Sync + 'static,
+{
     fn register_all(self: Arc<Self>, defs: &mut temporalio_sdk::activities::ActivityDefinitions) {
         self.0.clone().register_all(defs);
     }

@@ -1,0 +1,1643 @@
+//! `WorkerTaskWorkflow` (`task/{id}`): one confirmed proposal carried from a plan to a merged
+//! PR. Phases run in order — plan (issue, questions, plan review), implement (draft PR), CI
+//! (poll; on failure fix and push, at most `max_ci_fixes` times), ready (mark ready, summary
+//! comment), review (feedback jobs until merged or closed) — and every one of them may fail
+//! into `failed`: parked with the error and an inbox item, waiting for `retry` (which runs the
+//! failed phase again with the same issue, branch and PR) or `cancel`. Nothing here fails the
+//! workflow itself.
+//!
+//! Human input arrives as signals (`answers`, `plan_review`, `retry`, `cancel`) with raw
+//! payloads validated here, de-duplicated by id; the same decisions can also be written on
+//! GitHub, where only people with write access count. Status changes are written to the store
+//! through a local activity and told to the main thread as `task_event` signals.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use mainloop_activities::task_text::{self, LedgerEntry};
+use mainloop_activities::tasks::{
+    CheckInput, CiVerdict, CloseInput, CommentBody, CommentInfo, CommentInput, GitHubReply,
+    HumanWait, IssueBodyInput, IssueInfo, JobInput, JobOutcome, JobOutput, PollHumanInput, PrState,
+    PullInfo, PullInput, ReadyInput, RecordInput, RepoInfo, ReviewPollInput, StopJobInput,
+    TaskActivities, TaskConfig, TaskRef,
+};
+use mainloop_agent::protocol::{Answer, Mode};
+use mainloop_store::{InboxKind, NewInboxItem, TaskProjection, TaskQuestion, TaskStatus};
+use serde::{Deserialize, Serialize};
+use temporalio_common::RetryPolicy;
+use temporalio_common::data_converters::RawValue;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::workflows::select;
+use temporalio_sdk::{
+    ActivityExecutionError, ActivityOptions, CancellableFuture, ContinueAsNewOptions,
+    LocalActivityOptions, SignalWorkflowOptions, SyncWorkflowContext, WorkflowContext,
+    WorkflowContextView, WorkflowResult,
+};
+
+use crate::main_thread::MainThreadWorkflow;
+use crate::payload::{decode_json, describe_activity_error, json_payload};
+use crate::{
+    SEARCH_ATTRIBUTE_REPO, SEARCH_ATTRIBUTE_TASK_STATUS, SEARCH_ATTRIBUTE_USER, main_thread_id,
+};
+
+/// Input ids remembered for de-duplication.
+const SEEN_WINDOW: usize = 256;
+
+/// The workflow's input. `resume` carries the state across continue-as-new.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskInput {
+    pub task_id: String,
+    pub user: String,
+    pub title: String,
+    /// `owner/name`.
+    pub repo: String,
+    #[serde(default)]
+    pub skip_planning: bool,
+    #[serde(default)]
+    pub resume: Option<Memory>,
+}
+
+/// Where the task is; each phase can be run again by `retry`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Start,
+    Plan,
+    Questions,
+    PlanReview,
+    Implement,
+    Ci,
+    Ready,
+    Review,
+    Feedback,
+    Done,
+}
+
+/// Why a phase stopped short.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub phase: Phase,
+    pub error: String,
+}
+
+/// Everything the workflow knows, carried across continue-as-new.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Memory {
+    pub phase: Phase,
+    pub status: Option<TaskStatus>,
+    pub detail: String,
+    pub repo: Option<RepoInfo>,
+    pub issue: Option<IssueInfo>,
+    pub questions: Vec<TaskQuestion>,
+    /// When the questions or the plan were posted: only later replies on GitHub count.
+    pub asked_at: Option<String>,
+    pub answers: Vec<Answer>,
+    pub revision: Option<String>,
+    pub plan_version: u32,
+    pub plan_comment: Option<CommentInfo>,
+    pub branch: Option<String>,
+    pub pr: Option<PullInfo>,
+    pub ci_fixes: u32,
+    pub ledger: Vec<LedgerEntry>,
+    pub summary: String,
+    pub feedback_rounds: u32,
+    pub review_since: Option<String>,
+    /// Jobs started so far: numbers job names, so a retried step gets a fresh job.
+    pub jobs: u32,
+    pub failure: Option<Failure>,
+    pub outcome: Option<TaskStatus>,
+    pub seen: Vec<String>,
+    pub pending: Vec<Inbound>,
+    pub cancel: Option<String>,
+}
+
+/// A signal as received.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Inbound {
+    pub signal: String,
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Payload of `answers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnswersSignal {
+    pub id: String,
+    pub answers: Vec<AnswerInput>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerInput {
+    pub question_id: String,
+    pub answer: String,
+}
+
+/// Payload of `plan_review`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanReviewSignal {
+    pub id: String,
+    /// `approve`, `revise` or `cancel`.
+    pub action: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// Payload of `retry` and `cancel`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSignal {
+    pub id: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What the `state` query reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskState {
+    pub task_id: String,
+    pub status: Option<TaskStatus>,
+    pub phase: Phase,
+    pub detail: String,
+    pub issue: Option<u64>,
+    pub pr: Option<u64>,
+    pub branch: Option<String>,
+    pub ci_fixes: u32,
+    pub jobs: u32,
+    pub error: Option<String>,
+    pub pending_inputs: usize,
+}
+
+/// A decision taken from the signals (or GitHub) while waiting.
+enum Decision {
+    Answers(Vec<Answer>),
+    Approve,
+    Revise(String),
+    Retry,
+    Cancel(String),
+}
+
+#[workflow]
+pub struct WorkerTaskWorkflow {
+    task_id: String,
+    user: String,
+    title: String,
+    repo_name: String,
+    skip_planning: bool,
+    mem: Memory,
+    inbox: VecDeque<Inbound>,
+}
+
+type Ctx = WorkflowContext<WorkerTaskWorkflow>;
+
+/// What a phase ended with.
+enum Step {
+    Next(Phase),
+    /// Parked as failed: wait for retry or cancel.
+    Fail(String),
+    /// Cancelled by the user (the reason).
+    Cancel(String),
+    /// The task is over with this status.
+    Finish(TaskStatus),
+}
+
+#[workflow_methods]
+impl WorkerTaskWorkflow {
+    #[init]
+    pub fn new(_ctx: &WorkflowContextView, input: TaskInput) -> Self {
+        let mem = input.resume.unwrap_or_default();
+        let inbox = mem.pending.clone().into();
+        WorkerTaskWorkflow {
+            task_id: input.task_id,
+            user: input.user,
+            title: input.title,
+            repo_name: input.repo,
+            skip_planning: input.skip_planning,
+            mem: Memory {
+                pending: Vec::new(),
+                ..mem
+            },
+            inbox,
+        }
+    }
+
+    #[run]
+    pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<()> {
+        let ctx: &Ctx = ctx;
+        let (user, repo_name) = ctx.state(|s| (s.user.clone(), s.repo_name.clone()));
+        if ctx
+            .search_attributes()
+            .get(&SEARCH_ATTRIBUTE_USER)
+            .is_none()
+        {
+            ctx.upsert_search_attributes([
+                SEARCH_ATTRIBUTE_USER.value_set(user),
+                SEARCH_ATTRIBUTE_REPO.value_set(repo_name),
+            ]);
+        }
+        let config = ctx
+            .execute_local_activity(TaskActivities::config, (), local_options())
+            .await
+            .unwrap_or_default();
+        loop {
+            absorb_inputs(ctx);
+            if let Some(reason) = ctx.state(|s| s.mem.cancel.clone()) {
+                cancel(ctx, &config, &reason).await;
+                return Ok(());
+            }
+            let phase = ctx.state(|s| s.mem.phase);
+            if phase == Phase::Done {
+                let outcome = ctx.state(|s| s.mem.outcome).unwrap_or(TaskStatus::Merged);
+                finish(ctx, &config, outcome).await;
+                return Ok(());
+            }
+            let step = match phase {
+                Phase::Start => start(ctx, &config).await,
+                Phase::Plan => plan(ctx, &config).await,
+                Phase::Questions => questions(ctx, &config).await,
+                Phase::PlanReview => plan_review(ctx, &config).await,
+                Phase::Implement => implement(ctx, &config).await,
+                Phase::Ci => ci(ctx, &config).await,
+                Phase::Ready => ready(ctx, &config).await,
+                Phase::Review => review(ctx, &config).await,
+                Phase::Feedback => feedback(ctx, &config).await,
+                Phase::Done => Step::Finish(TaskStatus::Merged),
+            };
+            match step {
+                Step::Next(next) => ctx.state_mut(|s| s.mem.phase = next),
+                Step::Cancel(reason) => ctx.state_mut(|s| s.mem.cancel = Some(reason)),
+                Step::Finish(status) => ctx.state_mut(|s| {
+                    s.mem.outcome = Some(status);
+                    s.mem.phase = Phase::Done;
+                }),
+                Step::Fail(error) => {
+                    if park(ctx, phase, error).await {
+                        continue;
+                    }
+                    // Cancelled while parked: the loop's top handles it.
+                }
+            }
+            if ctx.continue_as_new_suggested() || ctx.history_length() > config.history_limit {
+                continue_as_new(ctx)?;
+            }
+        }
+    }
+
+    #[signal(name = "answers")]
+    pub fn answers(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
+        self.inbox.push_back(inbound("answers", &payload));
+    }
+
+    #[signal(name = "plan_review")]
+    pub fn plan_review(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
+        self.inbox.push_back(inbound("plan_review", &payload));
+    }
+
+    #[signal(name = "retry")]
+    pub fn retry(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
+        self.inbox.push_back(inbound("retry", &payload));
+    }
+
+    #[signal(name = "cancel")]
+    pub fn cancel(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
+        // Cancel is acted on at once, whatever the task is doing.
+        let parsed = inbound("cancel", &payload);
+        if let Some(Ok(ParsedInput::Cancel(id, reason))) = Some(parse(&parsed))
+            && !self.mem.seen.contains(&id)
+        {
+            self.mem.seen.push(id);
+            self.mem.cancel = Some(reason);
+            return;
+        }
+        self.inbox.push_back(parsed);
+    }
+
+    #[query(name = "state")]
+    pub fn state(&self, _ctx: &WorkflowContextView) -> TaskState {
+        TaskState {
+            task_id: self.task_id.clone(),
+            status: self.mem.status,
+            phase: self.mem.phase,
+            detail: self.mem.detail.clone(),
+            issue: self.mem.issue.as_ref().map(|i| i.number),
+            pr: self.mem.pr.as_ref().map(|p| p.number),
+            branch: self.mem.branch.clone(),
+            ci_fixes: self.mem.ci_fixes,
+            jobs: self.mem.jobs,
+            error: self.mem.failure.as_ref().map(|f| f.error.clone()),
+            pending_inputs: self.inbox.len(),
+        }
+    }
+}
+
+fn inbound(signal: &str, payload: &RawValue) -> Inbound {
+    match decode_json(payload) {
+        Ok(value) => Inbound {
+            signal: signal.to_string(),
+            payload: Some(value),
+            error: None,
+        },
+        Err(error) => Inbound {
+            signal: signal.to_string(),
+            payload: None,
+            error: Some(error),
+        },
+    }
+}
+
+enum ParsedInput {
+    Answers(String, Vec<AnswerInput>),
+    PlanReview(String, PlanReviewSignal),
+    Retry(String),
+    Cancel(String, String),
+}
+
+fn parse(inbound: &Inbound) -> Result<ParsedInput, String> {
+    if let Some(error) = &inbound.error {
+        return Err(error.clone());
+    }
+    let payload = inbound.payload.clone().unwrap_or(serde_json::Value::Null);
+    let check_id = |id: &str| {
+        if id.trim().is_empty() || id.len() > 200 {
+            Err("`id` must be a non-empty id".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    match inbound.signal.as_str() {
+        "answers" => {
+            let signal: AnswersSignal = serde_json::from_value(payload).map_err(|e| {
+                format!("expected {{\"id\", \"answers\": [{{\"question_id\", \"answer\"}}]}} ({e})")
+            })?;
+            check_id(&signal.id)?;
+            if signal.answers.is_empty() {
+                return Err("no answers".to_string());
+            }
+            Ok(ParsedInput::Answers(signal.id, signal.answers))
+        }
+        "plan_review" => {
+            let signal: PlanReviewSignal = serde_json::from_value(payload).map_err(|e| {
+                format!(
+                    "expected {{\"id\", \"action\": \"approve|revise|cancel\", \"text\"}} ({e})"
+                )
+            })?;
+            check_id(&signal.id)?;
+            match signal.action.as_str() {
+                "approve" | "cancel" => {}
+                "revise" if signal.text.as_deref().is_some_and(|t| !t.trim().is_empty()) => {}
+                "revise" => return Err("a revision needs text".to_string()),
+                other => return Err(format!("unknown action {other:?}")),
+            }
+            Ok(ParsedInput::PlanReview(signal.id.clone(), signal))
+        }
+        "retry" | "cancel" => {
+            let signal: ControlSignal = serde_json::from_value(payload)
+                .map_err(|e| format!("expected {{\"id\", \"reason\"?}} ({e})"))?;
+            check_id(&signal.id)?;
+            if inbound.signal == "retry" {
+                Ok(ParsedInput::Retry(signal.id))
+            } else {
+                Ok(ParsedInput::Cancel(
+                    signal.id,
+                    signal
+                        .reason
+                        .unwrap_or_else(|| "cancelled by the user".to_string()),
+                ))
+            }
+        }
+        other => Err(format!("unknown signal {other:?}")),
+    }
+}
+
+/// Moves cancel requests out of the inbox at once (they apply whatever the task does).
+fn absorb_inputs(ctx: &Ctx) {
+    ctx.state_mut(|s| {
+        let mut kept = VecDeque::new();
+        while let Some(item) = s.inbox.pop_front() {
+            match parse(&item) {
+                Ok(ParsedInput::Cancel(id, reason)) => {
+                    if !s.mem.seen.contains(&id) {
+                        remember_id(&mut s.mem, id);
+                        s.mem.cancel = Some(reason);
+                    }
+                }
+                _ => kept.push_back(item),
+            }
+        }
+        s.inbox = kept;
+    });
+}
+
+fn remember_id(mem: &mut Memory, id: String) {
+    mem.seen.push(id);
+    if mem.seen.len() > SEEN_WINDOW {
+        let excess = mem.seen.len() - SEEN_WINDOW;
+        mem.seen.drain(..excess);
+    }
+}
+
+/// Takes the next input that means something now. Stale or invalid inputs are dropped with
+/// a warning in the log (the API checks state first, so they are rare).
+fn next_decision(ctx: &Ctx, phase: Phase) -> Option<Decision> {
+    ctx.state_mut(|s| {
+        while let Some(item) = s.inbox.pop_front() {
+            let parsed = match parse(&item) {
+                Ok(parsed) => parsed,
+                Err(reason) => {
+                    tracing::warn!(signal = %item.signal, %reason, "ignored an invalid task input");
+                    continue;
+                }
+            };
+            let id = match &parsed {
+                ParsedInput::Answers(id, _)
+                | ParsedInput::PlanReview(id, _)
+                | ParsedInput::Retry(id)
+                | ParsedInput::Cancel(id, _) => id.clone(),
+            };
+            if s.mem.seen.contains(&id) {
+                continue;
+            }
+            remember_id(&mut s.mem, id);
+            let decision = match (parsed, phase) {
+                (ParsedInput::Cancel(_, reason), _) => Decision::Cancel(reason),
+                (ParsedInput::Answers(_, answers), Phase::Questions) => Decision::Answers(
+                    answers
+                        .into_iter()
+                        .map(|a| Answer {
+                            question: s
+                                .mem
+                                .questions
+                                .iter()
+                                .find(|q| q.id == a.question_id)
+                                .map(|q| q.question.clone())
+                                .unwrap_or_default(),
+                            question_id: a.question_id,
+                            answer: a.answer,
+                        })
+                        .collect(),
+                ),
+                (ParsedInput::PlanReview(_, review), Phase::PlanReview) => {
+                    match review.action.as_str() {
+                        "approve" => Decision::Approve,
+                        "cancel" => Decision::Cancel("plan cancelled by the user".to_string()),
+                        _ => Decision::Revise(review.text.unwrap_or_default()),
+                    }
+                }
+                (ParsedInput::Retry(_), _) => Decision::Retry,
+                (_, phase) => {
+                    tracing::warn!(signal = %item.signal, ?phase, "ignored a stale task input");
+                    continue;
+                }
+            };
+            return Some(decision);
+        }
+        None
+    })
+}
+
+fn task_ref(ctx: &Ctx) -> TaskRef {
+    ctx.state(|s| TaskRef {
+        user: s.user.clone(),
+        task_id: s.task_id.clone(),
+    })
+}
+
+/// Writes the task's status (and an inbox item) to the store, the search attributes and the
+/// Web UI's details.
+async fn record(ctx: &Ctx, status: TaskStatus, detail: &str, raise: Option<NewInboxItem>) {
+    let projection = ctx.state_mut(|s| {
+        s.mem.status = Some(status);
+        s.mem.detail = detail.to_string();
+        TaskProjection {
+            status: Some(status),
+            detail: detail.to_string(),
+            error: s.mem.failure.as_ref().map(|f| f.error.clone()),
+            failed_phase: s
+                .mem
+                .failure
+                .as_ref()
+                .map(|f| format!("{:?}", f.phase).to_lowercase()),
+            issue_number: s
+                .mem
+                .issue
+                .as_ref()
+                .and_then(|i| i64::try_from(i.number).ok()),
+            issue_url: s.mem.issue.as_ref().map(|i| i.url.clone()),
+            branch: s.mem.branch.clone(),
+            pr_number: s.mem.pr.as_ref().and_then(|p| i64::try_from(p.number).ok()),
+            pr_url: s.mem.pr.as_ref().map(|p| p.url.clone()),
+            questions: if status == TaskStatus::WaitingQuestions {
+                s.mem.questions.clone()
+            } else {
+                Vec::new()
+            },
+            ci_fixes: i64::from(s.mem.ci_fixes),
+        }
+    });
+    let current = ctx.search_attributes().get(&SEARCH_ATTRIBUTE_TASK_STATUS);
+    if current.as_deref() != Some(status.as_str()) {
+        ctx.upsert_search_attributes([
+            SEARCH_ATTRIBUTE_TASK_STATUS.value_set(status.as_str().to_string())
+        ]);
+    }
+    ctx.set_current_details(format!("{}: {detail}", status.as_str()));
+    let result = ctx
+        .execute_local_activity(
+            TaskActivities::record,
+            RecordInput {
+                task: task_ref(ctx),
+                projection,
+                raise,
+            },
+            local_options(),
+        )
+        .await;
+    if let Err(error) = result {
+        // The projection is rebuilt whole by the next record; the workflow goes on.
+        tracing::error!(%error, "could not record the task's status");
+    }
+}
+
+/// Tells the main thread, which says it in the chat once per `key`.
+async fn note(ctx: &Ctx, key: &str, text: String) {
+    let (user, task_id) = ctx.state(|s| (s.user.clone(), s.task_id.clone()));
+    let payload = serde_json::json!({
+        "id": format!("{task_id}/{key}"),
+        "task_id": task_id,
+        "text": text,
+    });
+    let sent = ctx
+        .external_workflow(main_thread_id(&user), None)
+        .signal(
+            MainThreadWorkflow::task_event,
+            json_payload(&payload),
+            SignalWorkflowOptions::default(),
+        )
+        .await;
+    if let Err(error) = sent {
+        // The store and inbox already hold the news; the chat line is a courtesy.
+        tracing::warn!(?error, "could not tell the main thread");
+    }
+}
+
+fn inbox_item(
+    ctx: &Ctx,
+    key: &str,
+    kind: InboxKind,
+    title: String,
+    url: Option<String>,
+) -> NewInboxItem {
+    let task_id = ctx.state(|s| s.task_id.clone());
+    NewInboxItem {
+        id: format!("{task_id}/{key}"),
+        kind,
+        title,
+        body: String::new(),
+        url,
+        resolved: kind == InboxKind::Done,
+    }
+}
+
+fn github_options(config: &TaskConfig) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_millis(
+        config.github_timeout_ms.max(1),
+    ))
+    .retry_policy(
+        RetryPolicy::builder()
+            .initial_interval(Duration::from_millis(config.github_retry_initial_ms.max(1)))
+            .backoff_coefficient(2.0)
+            .maximum_interval(Duration::from_millis(config.github_retry_max_ms.max(1)))
+            .maximum_attempts(config.github_attempts)
+            .build(),
+    )
+    .build()
+}
+
+fn job_options(config: &TaskConfig) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_millis(
+        config
+            .job_timeout_ms
+            .saturating_add(config.job_timeout_ms / 10)
+            .max(1),
+    ))
+    .heartbeat_timeout(Duration::from_millis(config.job_heartbeat_ms.max(1)))
+    .retry_policy(
+        RetryPolicy::builder()
+            .initial_interval(Duration::from_millis(config.github_retry_initial_ms.max(1)))
+            .backoff_coefficient(2.0)
+            .maximum_interval(Duration::from_millis(config.github_retry_max_ms.max(1)))
+            .maximum_attempts(config.job_activity_attempts)
+            .build(),
+    )
+    .build()
+}
+
+fn local_options() -> LocalActivityOptions {
+    LocalActivityOptions::builder()
+        .start_to_close_timeout(Duration::from_secs(30))
+        .build()
+}
+
+/// Runs `future` unless the task is cancelled first; then the future is cancelled (an
+/// activity's cancellation reaches it through its heartbeat) and `None` returned.
+async fn unless_cancelled<F>(ctx: &Ctx, future: F) -> Option<F::Output>
+where
+    F: CancellableFuture,
+{
+    let mut future = pin!(future);
+    select! {
+        output = future.as_mut() => return Some(output),
+        _ = ctx.wait_condition(|s| s.mem.cancel.is_some() || has_cancel(&s.inbox)).fuse() => {}
+    }
+    future.cancel();
+    // Resolves at once: activities are cancelled with TryCancel.
+    let _cancelled = future.await;
+    absorb_inputs(ctx);
+    None
+}
+
+fn has_cancel(inbox: &VecDeque<Inbound>) -> bool {
+    inbox.iter().any(|i| i.signal == "cancel")
+}
+
+/// A GitHub activity, or the step outcome when it fails or the task is cancelled.
+macro_rules! github {
+    ($ctx:expr, $config:expr, $activity:expr, $input:expr, $what:expr) => {
+        match unless_cancelled(
+            $ctx,
+            $ctx.execute_activity($activity, $input, github_options($config)),
+        )
+        .await
+        {
+            None => return Step::Cancel(cancel_reason($ctx)),
+            Some(Ok(output)) => output,
+            Some(Err(error)) => return Step::Fail(failed($what, &error)),
+        }
+    };
+}
+
+fn cancel_reason(ctx: &Ctx) -> String {
+    ctx.state(|s| s.mem.cancel.clone())
+        .unwrap_or_else(|| "cancelled by the user".to_string())
+}
+
+fn failed(what: &str, error: &ActivityExecutionError) -> String {
+    let (_, detail) = describe_activity_error(error);
+    format!("{what}: {detail}")
+}
+
+/// Runs a job of `mode`, again on retryable failures up to `job_attempts` times in all.
+async fn job(
+    ctx: &Ctx,
+    config: &TaskConfig,
+    mode: Mode,
+    context_key: Option<String>,
+) -> Result<JobOutput, Step> {
+    let mut last_error = String::new();
+    for _ in 0..config.job_attempts.max(1) {
+        let input = ctx.state_mut(|s| {
+            s.mem.jobs += 1;
+            let id8: String = s
+                .task_id
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(12)
+                .collect();
+            JobInput {
+                task: TaskRef {
+                    user: s.user.clone(),
+                    task_id: s.task_id.clone(),
+                },
+                name: format!(
+                    "t-{}-{:02}-{}",
+                    id8.to_lowercase(),
+                    s.mem.jobs,
+                    mode.as_str()
+                ),
+                mode,
+                repo: s.mem.repo.clone().unwrap_or(RepoInfo {
+                    default_branch: "main".to_string(),
+                    clone_url: String::new(),
+                }),
+                branch: s.mem.branch.clone(),
+                issue: s.mem.issue.as_ref().map(|i| i.number),
+                pr: s.mem.pr.as_ref().map(|p| p.number),
+                answers: s.mem.answers.clone(),
+                revision: s.mem.revision.clone(),
+                context_key: context_key.clone(),
+                timeout_ms: config.job_timeout_ms,
+            }
+        });
+        let name = input.name.clone();
+        let result = unless_cancelled(
+            ctx,
+            ctx.execute_activity(TaskActivities::run_job, input, job_options(config)),
+        )
+        .await;
+        match result {
+            None => {
+                stop_job(ctx, config, &name).await;
+                return Err(Step::Cancel(cancel_reason(ctx)));
+            }
+            Some(Ok(output)) => match &output.outcome {
+                JobOutcome::Failed { error, retryable } => {
+                    last_error = error.clone();
+                    if !retryable {
+                        break;
+                    }
+                }
+                _ => return Ok(output),
+            },
+            Some(Err(error)) => {
+                return Err(Step::Fail(failed(
+                    &format!("the {} job failed", mode.as_str()),
+                    &error,
+                )));
+            }
+        }
+    }
+    Err(Step::Fail(format!(
+        "the {} job failed: {last_error}",
+        mode.as_str()
+    )))
+}
+
+async fn stop_job(ctx: &Ctx, config: &TaskConfig, name: &str) {
+    let stopped = ctx
+        .execute_activity(
+            TaskActivities::cancel_job,
+            StopJobInput {
+                task: task_ref(ctx),
+                name: name.to_string(),
+            },
+            github_options(config),
+        )
+        .await;
+    if let Err(error) = stopped {
+        tracing::warn!(?error, "could not stop a job");
+    }
+}
+
+async fn comment(
+    ctx: &Ctx,
+    config: &TaskConfig,
+    number: u64,
+    key: &str,
+    body: CommentBody,
+) -> Result<CommentInfo, Step> {
+    let input = CommentInput {
+        task: task_ref(ctx),
+        number,
+        key: key.to_string(),
+        body,
+    };
+    match unless_cancelled(
+        ctx,
+        ctx.execute_activity(TaskActivities::comment, input, github_options(config)),
+    )
+    .await
+    {
+        None => Err(Step::Cancel(cancel_reason(ctx))),
+        Some(Ok(info)) => Ok(info),
+        Some(Err(error)) => Err(Step::Fail(failed("commenting on GitHub failed", &error))),
+    }
+}
+
+macro_rules! tryit {
+    ($e:expr) => {
+        match $e {
+            Ok(value) => value,
+            Err(step) => return step,
+        }
+    };
+}
+
+async fn start(ctx: &Ctx, config: &TaskConfig) -> Step {
+    record(ctx, TaskStatus::Pending, "checking the repository", None).await;
+    let repo = github!(
+        ctx,
+        config,
+        TaskActivities::prepare,
+        task_ref(ctx),
+        "the repository cannot be used"
+    );
+    ctx.state_mut(|s| s.mem.repo = Some(repo));
+    if ctx.state(|s| s.skip_planning) {
+        return Step::Next(Phase::Implement);
+    }
+    let issue = github!(
+        ctx,
+        config,
+        TaskActivities::ensure_issue,
+        task_ref(ctx),
+        "opening the issue failed"
+    );
+    ctx.state_mut(|s| s.mem.issue = Some(issue));
+    Step::Next(Phase::Plan)
+}
+
+async fn plan(ctx: &Ctx, config: &TaskConfig) -> Step {
+    let version = ctx.state(|s| s.mem.plan_version + 1);
+    let detail = if version > 1 {
+        "revising the plan"
+    } else {
+        "exploring the code and planning"
+    };
+    record(ctx, TaskStatus::Planning, detail, None).await;
+    let output = tryit!(job(ctx, config, Mode::Plan, None).await);
+    let JobOutcome::Plan { questions } = output.outcome else {
+        return Step::Fail("the plan job returned no plan".to_string());
+    };
+    let issue = ctx.state(|s| s.mem.issue.clone());
+    let Some(issue) = issue else {
+        return Step::Fail("the task has no issue".to_string());
+    };
+    if !questions.is_empty() {
+        let round = ctx.state(|s| s.mem.plan_version + 1);
+        let posted = tryit!(
+            comment(
+                ctx,
+                config,
+                issue.number,
+                &format!("questions-{round}"),
+                CommentBody::Questions {
+                    questions: questions.clone(),
+                }
+            )
+            .await
+        );
+        ctx.state_mut(|s| {
+            s.mem.questions = questions;
+            s.mem.asked_at = Some(posted.created_at);
+        });
+        return Step::Next(Phase::Questions);
+    }
+    ctx.state_mut(|s| {
+        s.mem.plan_version = version;
+        s.mem.revision = None;
+        s.mem.questions.clear();
+    });
+    let answers = ctx.state(|s| s.mem.answers.clone());
+    github!(
+        ctx,
+        config,
+        TaskActivities::update_issue,
+        IssueBodyInput {
+            task: task_ref(ctx),
+            issue: issue.number,
+            status: "Plan ready for review".to_string(),
+            answers,
+            with_plan: true,
+            labels: None,
+            close: false,
+        },
+        "updating the issue failed"
+    );
+    let posted = tryit!(
+        comment(
+            ctx,
+            config,
+            issue.number,
+            &format!("plan-{version}"),
+            CommentBody::Plan { version }
+        )
+        .await
+    );
+    ctx.state_mut(|s| {
+        s.mem.asked_at = Some(posted.created_at.clone());
+        s.mem.plan_comment = Some(posted);
+    });
+    Step::Next(Phase::PlanReview)
+}
+
+/// Waits for a decision from the app (signals) or GitHub (polled with backoff).
+async fn wait_for_human(
+    ctx: &Ctx,
+    config: &TaskConfig,
+    phase: Phase,
+    wait: HumanWait,
+) -> Result<Decision, Step> {
+    let mut interval = config.human_poll_initial_ms.max(1);
+    loop {
+        if let Some(decision) = next_decision(ctx, phase) {
+            return Ok(decision);
+        }
+        if let Some(reason) = ctx.state(|s| s.mem.cancel.clone()) {
+            return Ok(Decision::Cancel(reason));
+        }
+        let signalled = select! {
+            _ = ctx.wait_condition(|s| !s.inbox.is_empty() || s.mem.cancel.is_some()).fuse() => true,
+            _ = ctx.timer(Duration::from_millis(interval)).fuse() => false,
+        };
+        if signalled {
+            continue;
+        }
+        interval = (interval.saturating_mul(3) / 2).min(config.human_poll_max_ms.max(1));
+        let (issue, since) = ctx.state(|s| {
+            (
+                s.mem.issue.as_ref().map(|i| i.number),
+                s.mem.asked_at.clone(),
+            )
+        });
+        let Some(issue) = issue else { continue };
+        let polled = ctx
+            .execute_activity(
+                TaskActivities::poll_human,
+                PollHumanInput {
+                    task: task_ref(ctx),
+                    issue,
+                    wait: wait.clone(),
+                    since: since.unwrap_or_default(),
+                },
+                github_options(config),
+            )
+            .await;
+        match polled {
+            Ok(Some(GitHubReply::Answers { answers, .. })) => {
+                return Ok(Decision::Answers(answers));
+            }
+            Ok(Some(GitHubReply::Approve { .. })) => return Ok(Decision::Approve),
+            Ok(Some(GitHubReply::Revise { text, .. })) => return Ok(Decision::Revise(text)),
+            Ok(None) => {}
+            // GitHub being unreachable for a while must not fail a task that waits for a
+            // person; the app's answers still arrive.
+            Err(error) => tracing::warn!(?error, "could not read GitHub replies"),
+        }
+        if ctx.continue_as_new_suggested() || ctx.history_length() > config.history_limit {
+            return Err(Step::Next(phase));
+        }
+    }
+}
+
+async fn questions(ctx: &Ctx, config: &TaskConfig) -> Step {
+    let (questions, issue) = ctx.state(|s| (s.mem.questions.clone(), s.mem.issue.clone()));
+    let url = issue.as_ref().map(|i| i.url.clone());
+    let round = ctx.state(|s| s.mem.plan_version + 1);
+    record(
+        ctx,
+        TaskStatus::WaitingQuestions,
+        &format!("{} question(s) to answer", questions.len()),
+        Some(inbox_item(
+            ctx,
+            &format!("questions-{round}"),
+            InboxKind::Questions,
+            format!("{} question(s) before planning", questions.len()),
+            url,
+        )),
+    )
+    .await;
+    note(
+        ctx,
+        &format!("questions-{round}"),
+        format!(
+            "{} question(s) before I can plan **{}**.",
+            questions.len(),
+            ctx.state(|s| s.title.clone())
+        ),
+    )
+    .await;
+    let decision = tryit!(
+        wait_for_human(
+            ctx,
+            config,
+            Phase::Questions,
+            HumanWait::Answers { questions }
+        )
+        .await
+    );
+    match decision {
+        Decision::Answers(answers) => {
+            ctx.state_mut(|s| {
+                for answer in answers {
+                    s.mem
+                        .answers
+                        .retain(|a| a.question_id != answer.question_id);
+                    s.mem.answers.push(answer);
+                }
+            });
+            if let Some(issue) = issue {
+                let answers = ctx.state(|s| s.mem.answers.clone());
+                github!(
+                    ctx,
+                    config,
+                    TaskActivities::update_issue,
+                    IssueBodyInput {
+                        task: task_ref(ctx),
+                        issue: issue.number,
+                        status: "Planning".to_string(),
+                        answers,
+                        with_plan: false,
+                        labels: None,
+                        close: false,
+                    },
+                    "updating the issue failed"
+                );
+                tryit!(
+                    comment(
+                        ctx,
+                        config,
+                        issue.number,
+                        &format!("answers-{round}"),
+                        CommentBody::Text {
+                            text: "✅ Got the answers. Writing the implementation plan…"
+                                .to_string(),
+                        }
+                    )
+                    .await
+                );
+            }
+            Step::Next(Phase::Plan)
+        }
+        Decision::Cancel(reason) => Step::Cancel(reason),
+        _ => Step::Next(Phase::Questions),
+    }
+}
+
+async fn plan_review(ctx: &Ctx, config: &TaskConfig) -> Step {
+    let (issue, version, comment_id) = ctx.state(|s| {
+        (
+            s.mem.issue.clone(),
+            s.mem.plan_version,
+            s.mem.plan_comment.as_ref().map(|c| c.id).unwrap_or(0),
+        )
+    });
+    let Some(issue) = issue else {
+        return Step::Fail("the task has no issue".to_string());
+    };
+    record(
+        ctx,
+        TaskStatus::WaitingPlanReview,
+        "plan ready for review",
+        Some(inbox_item(
+            ctx,
+            &format!("plan-{version}"),
+            InboxKind::PlanReview,
+            format!("Plan ready for #{}", issue.number),
+            Some(issue.url.clone()),
+        )),
+    )
+    .await;
+    note(
+        ctx,
+        &format!("plan-{version}"),
+        format!(
+            "Plan ready for #{}: {}",
+            issue.number,
+            ctx.state(|s| s.title.clone())
+        ),
+    )
+    .await;
+    let decision = tryit!(
+        wait_for_human(
+            ctx,
+            config,
+            Phase::PlanReview,
+            HumanWait::PlanReview {
+                plan_comment: comment_id
+            }
+        )
+        .await
+    );
+    match decision {
+        Decision::Approve => {
+            let branch = task_text::branch_name(
+                Some(issue.number),
+                &ctx.state(|s| s.title.clone()),
+                &ctx.state(|s| s.task_id.clone()),
+            );
+            ctx.state_mut(|s| s.mem.branch = Some(branch.clone()));
+            github!(
+                ctx,
+                config,
+                TaskActivities::update_issue,
+                IssueBodyInput {
+                    task: task_ref(ctx),
+                    issue: issue.number,
+                    status: "Plan approved; implementing".to_string(),
+                    answers: ctx.state(|s| s.mem.answers.clone()),
+                    with_plan: true,
+                    labels: Some(vec!["mainloop".to_string(), "approved".to_string()]),
+                    close: false,
+                },
+                "updating the issue failed"
+            );
+            tryit!(
+                comment(
+                    ctx,
+                    config,
+                    issue.number,
+                    &format!("approved-{version}"),
+                    CommentBody::Text {
+                        text: format!("✅ **Plan approved.** Implementing on `{branch}`…"),
+                    }
+                )
+                .await
+            );
+            Step::Next(Phase::Implement)
+        }
+        Decision::Revise(text) => {
+            tryit!(
+                comment(
+                    ctx,
+                    config,
+                    issue.number,
+                    &format!("revise-{version}"),
+                    CommentBody::Text {
+                        text: format!(
+                            "📝 **Revision requested:**\n> {}\n\nRewriting the plan…",
+                            text.replace('\n', "\n> ")
+                        ),
+                    }
+                )
+                .await
+            );
+            ctx.state_mut(|s| s.mem.revision = Some(text));
+            Step::Next(Phase::Plan)
+        }
+        Decision::Cancel(reason) => Step::Cancel(reason),
+        _ => Step::Next(Phase::PlanReview),
+    }
+}
+
+async fn implement(ctx: &Ctx, config: &TaskConfig) -> Step {
+    if ctx.state(|s| s.mem.branch.is_none()) {
+        let branch = ctx.state(|s| {
+            task_text::branch_name(s.mem.issue.as_ref().map(|i| i.number), &s.title, &s.task_id)
+        });
+        ctx.state_mut(|s| s.mem.branch = Some(branch));
+    }
+    // A retried implement phase whose PR exists goes on from the PR.
+    if ctx.state(|s| s.mem.pr.is_none()) {
+        record(ctx, TaskStatus::Implementing, "implementing the plan", None).await;
+        let output = tryit!(job(ctx, config, Mode::Implement, None).await);
+        let JobOutcome::Pushed { commit, .. } = output.outcome else {
+            return Step::Fail("the implement job pushed nothing".to_string());
+        };
+        ctx.state_mut(|s| {
+            s.mem.summary = output.summary.clone();
+            s.mem.ledger.push(LedgerEntry {
+                step: "implement".to_string(),
+                commit,
+                ci: "…".to_string(),
+            });
+        });
+        let (branch, base, issue) = ctx.state(|s| {
+            (
+                s.mem.branch.clone().unwrap_or_default(),
+                s.mem
+                    .repo
+                    .as_ref()
+                    .map(|r| r.default_branch.clone())
+                    .unwrap_or_else(|| "main".to_string()),
+                s.mem.issue.as_ref().map(|i| i.number),
+            )
+        });
+        let pr = github!(
+            ctx,
+            config,
+            TaskActivities::ensure_pull,
+            PullInput {
+                task: task_ref(ctx),
+                branch,
+                base,
+                issue
+            },
+            "opening the draft PR failed"
+        );
+        ctx.state_mut(|s| s.mem.pr = Some(pr));
+    }
+    ctx.state_mut(|s| s.mem.ci_fixes = 0);
+    Step::Next(Phase::Ci)
+}
+
+/// The CI loop: wait for a verdict; on failure run a fix job, at most `max_ci_fixes` times.
+async fn ci(ctx: &Ctx, config: &TaskConfig) -> Step {
+    let Some(pr) = ctx.state(|s| s.mem.pr.clone()) else {
+        return Step::Fail("the task has no PR".to_string());
+    };
+    loop {
+        let fixes = ctx.state(|s| s.mem.ci_fixes);
+        let detail = if fixes == 0 {
+            format!("waiting for CI on #{}", pr.number)
+        } else {
+            format!("waiting for CI after fix {fixes}/{}", config.max_ci_fixes)
+        };
+        record(ctx, TaskStatus::Ci, &detail, None).await;
+        let logs_key = ctx.state(|s| format!("ci-logs/{}", s.mem.jobs + 1));
+        let mut interval = config.ci_poll_initial_ms.max(1);
+        let mut waited: u64 = 0;
+        let report = loop {
+            match unless_cancelled(ctx, ctx.timer(Duration::from_millis(interval))).await {
+                None => return Step::Cancel(cancel_reason(ctx)),
+                Some(_) => {}
+            }
+            waited = waited.saturating_add(interval);
+            interval = interval.saturating_mul(2).min(config.ci_poll_max_ms.max(1));
+            let report = github!(
+                ctx,
+                config,
+                TaskActivities::check_status,
+                CheckInput {
+                    task: task_ref(ctx),
+                    pr: pr.number,
+                    logs_key: Some(logs_key.clone())
+                },
+                "reading CI status failed"
+            );
+            if report.pr_state != PrState::Open {
+                return Step::Finish(if report.pr_state == PrState::Merged {
+                    TaskStatus::Merged
+                } else {
+                    TaskStatus::Closed
+                });
+            }
+            if report.verdict != CiVerdict::Pending {
+                break report;
+            }
+            if waited >= config.ci_pending_timeout_ms {
+                return Step::Fail(format!(
+                    "CI on #{} stayed pending for {} s",
+                    pr.number,
+                    waited / 1000
+                ));
+            }
+        };
+        ctx.state_mut(|s| {
+            let verdict = if report.verdict == CiVerdict::Passed {
+                "passed".to_string()
+            } else {
+                format!("failed: {}", report.failed.join(", "))
+            };
+            match s.mem.ledger.last_mut() {
+                Some(entry) if entry.commit == report.head_sha || entry.ci == "…" => {
+                    entry.commit = report.head_sha.clone();
+                    entry.ci = verdict;
+                }
+                _ => s.mem.ledger.push(LedgerEntry {
+                    step: "push".to_string(),
+                    commit: report.head_sha.clone(),
+                    ci: verdict,
+                }),
+            }
+        });
+        if report.verdict == CiVerdict::Passed {
+            return Step::Next(Phase::Ready);
+        }
+        if fixes >= config.max_ci_fixes {
+            return Step::Fail(format!(
+                "CI still fails after {fixes} fix attempts ({})",
+                report.failed.join(", ")
+            ));
+        }
+        ctx.state_mut(|s| s.mem.ci_fixes += 1);
+        let attempt = fixes + 1;
+        record(
+            ctx,
+            TaskStatus::Ci,
+            &format!(
+                "fixing CI {attempt}/{}: {}",
+                config.max_ci_fixes,
+                report.failed.join(", ")
+            ),
+            None,
+        )
+        .await;
+        let output = tryit!(job(ctx, config, Mode::Fix, Some(logs_key)).await);
+        if let JobOutcome::Pushed { commit, .. } = output.outcome {
+            ctx.state_mut(|s| {
+                s.mem.ledger.push(LedgerEntry {
+                    step: format!("fix {attempt}"),
+                    commit,
+                    ci: "…".to_string(),
+                })
+            });
+        }
+    }
+}
+
+async fn ready(ctx: &Ctx, config: &TaskConfig) -> Step {
+    let Some(pr) = ctx.state(|s| s.mem.pr.clone()) else {
+        return Step::Fail("the task has no PR".to_string());
+    };
+    github!(
+        ctx,
+        config,
+        TaskActivities::mark_ready,
+        ReadyInput {
+            task: task_ref(ctx),
+            pr: pr.number,
+            node_id: pr.node_id.clone()
+        },
+        "marking the PR ready failed"
+    );
+    let (ledger, summary, round) = ctx.state(|s| {
+        (
+            s.mem.ledger.clone(),
+            s.mem.summary.clone(),
+            s.mem.feedback_rounds,
+        )
+    });
+    tryit!(
+        comment(
+            ctx,
+            config,
+            pr.number,
+            &format!("summary-{round}"),
+            CommentBody::Summary { ledger, summary }
+        )
+        .await
+    );
+    ctx.state_mut(|s| {
+        if s.mem.review_since.is_none() {
+            s.mem.review_since = s.mem.asked_at.clone();
+        }
+    });
+    record(
+        ctx,
+        TaskStatus::ReadyForReview,
+        &format!("PR #{} ready for review", pr.number),
+        Some(inbox_item(
+            ctx,
+            &format!("ready-{round}"),
+            InboxKind::ReadyForReview,
+            format!("PR #{} ready for review", pr.number),
+            Some(pr.url.clone()),
+        )),
+    )
+    .await;
+    note(
+        ctx,
+        &format!("ready-{round}"),
+        format!("PR #{} ready for review: {}", pr.number, pr.url),
+    )
+    .await;
+    Step::Next(Phase::Review)
+}
+
+async fn review(ctx: &Ctx, config: &TaskConfig) -> Step {
+    let Some(pr) = ctx.state(|s| s.mem.pr.clone()) else {
+        return Step::Fail("the task has no PR".to_string());
+    };
+    let mut interval = config.review_poll_initial_ms.max(1);
+    loop {
+        if unless_cancelled(ctx, ctx.timer(Duration::from_millis(interval)))
+            .await
+            .is_none()
+        {
+            return Step::Cancel(cancel_reason(ctx));
+        }
+        interval = (interval.saturating_mul(3) / 2).min(config.review_poll_max_ms.max(1));
+        let (since, round) = ctx.state(|s| {
+            (
+                s.mem.review_since.clone().unwrap_or_default(),
+                s.mem.feedback_rounds + 1,
+            )
+        });
+        let polled = github!(
+            ctx,
+            config,
+            TaskActivities::poll_review,
+            ReviewPollInput {
+                task: task_ref(ctx),
+                pr: pr.number,
+                since,
+                feedback_key: format!("feedback/{round}")
+            },
+            "reading the PR failed"
+        );
+        match polled.pr_state {
+            PrState::Merged => return Step::Finish(TaskStatus::Merged),
+            PrState::Closed => return Step::Finish(TaskStatus::Closed),
+            PrState::Open => {}
+        }
+        if polled.feedback {
+            ctx.state_mut(|s| {
+                s.mem.review_since = Some(polled.since.clone());
+                s.mem.feedback_rounds = round;
+            });
+            return Step::Next(Phase::Feedback);
+        }
+        if ctx.continue_as_new_suggested() || ctx.history_length() > config.history_limit {
+            return Step::Next(Phase::Review);
+        }
+    }
+}
+
+async fn feedback(ctx: &Ctx, config: &TaskConfig) -> Step {
+    let round = ctx.state(|s| s.mem.feedback_rounds);
+    record(
+        ctx,
+        TaskStatus::AddressingFeedback,
+        &format!("addressing review feedback (round {round})"),
+        None,
+    )
+    .await;
+    let output = tryit!(
+        job(
+            ctx,
+            config,
+            Mode::Feedback,
+            Some(format!("feedback/{round}"))
+        )
+        .await
+    );
+    if let JobOutcome::Pushed { commit, .. } = output.outcome {
+        ctx.state_mut(|s| {
+            s.mem.summary = output.summary.clone();
+            s.mem.ledger.push(LedgerEntry {
+                step: format!("feedback {round}"),
+                commit,
+                ci: "…".to_string(),
+            });
+        });
+    }
+    ctx.state_mut(|s| s.mem.ci_fixes = 0);
+    Step::Next(Phase::Ci)
+}
+
+/// Parks the task as failed until `retry` (true: run the phase again) or `cancel` (false).
+async fn park(ctx: &Ctx, phase: Phase, error: String) -> bool {
+    let jobs = ctx.state_mut(|s| {
+        s.mem.failure = Some(Failure {
+            phase,
+            error: error.clone(),
+        });
+        s.mem.jobs
+    });
+    let key = format!("failed-{jobs}-{}", format!("{phase:?}").to_lowercase());
+    let url = ctx.state(|s| {
+        s.mem
+            .pr
+            .as_ref()
+            .map(|p| p.url.clone())
+            .or_else(|| s.mem.issue.as_ref().map(|i| i.url.clone()))
+    });
+    record(
+        ctx,
+        TaskStatus::Failed,
+        &error,
+        Some(inbox_item(
+            ctx,
+            &key,
+            InboxKind::Failed,
+            format!("Failed: {error}"),
+            url,
+        )),
+    )
+    .await;
+    note(
+        ctx,
+        &key,
+        format!("**{}** failed: {error}", ctx.state(|s| s.title.clone())),
+    )
+    .await;
+    loop {
+        if let Some(decision) = next_decision(ctx, Phase::Done) {
+            match decision {
+                Decision::Retry => {
+                    ctx.state_mut(|s| {
+                        s.mem.failure = None;
+                        if phase == Phase::Ci {
+                            // A retried CI phase gets a fresh budget of fixes.
+                            s.mem.ci_fixes = 0;
+                        }
+                    });
+                    return true;
+                }
+                Decision::Cancel(reason) => {
+                    ctx.state_mut(|s| s.mem.cancel = Some(reason));
+                    return false;
+                }
+                _ => continue,
+            }
+        }
+        if ctx.state(|s| s.mem.cancel.is_some()) {
+            return false;
+        }
+        if ctx
+            .wait_condition(|s| !s.inbox.is_empty() || s.mem.cancel.is_some())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+}
+
+/// Stops everything, says so on GitHub, and ends the task as cancelled.
+async fn cancel(ctx: &Ctx, config: &TaskConfig, reason: &str) {
+    let (issue, pr) = ctx.state(|s| {
+        (
+            s.mem.issue.as_ref().map(|i| i.number),
+            s.mem.pr.as_ref().map(|p| p.number),
+        )
+    });
+    if issue.is_some() || pr.is_some() {
+        let closed = ctx
+            .execute_activity(
+                TaskActivities::close,
+                CloseInput {
+                    task: task_ref(ctx),
+                    issue,
+                    pr,
+                    comment: format!("❌ Task cancelled: {reason}."),
+                },
+                github_options(config),
+            )
+            .await;
+        if let Err(error) = closed {
+            tracing::warn!(?error, "could not close the issue and PR");
+        }
+    }
+    cleanup(ctx, config).await;
+    ctx.state_mut(|s| s.mem.failure = None);
+    record(
+        ctx,
+        TaskStatus::Cancelled,
+        reason,
+        Some(inbox_item(
+            ctx,
+            "cancelled",
+            InboxKind::Done,
+            format!("Cancelled: {reason}"),
+            None,
+        )),
+    )
+    .await;
+    note(
+        ctx,
+        "cancelled",
+        format!("**{}** was cancelled.", ctx.state(|s| s.title.clone())),
+    )
+    .await;
+}
+
+async fn finish(ctx: &Ctx, config: &TaskConfig, outcome: TaskStatus) {
+    cleanup(ctx, config).await;
+    let pr = ctx.state(|s| s.mem.pr.clone());
+    let (title, detail) = match (&pr, outcome) {
+        (Some(pr), TaskStatus::Merged) => {
+            (format!("PR #{} merged", pr.number), "merged".to_string())
+        }
+        (Some(pr), _) => (
+            format!("PR #{} closed without merging", pr.number),
+            "closed".to_string(),
+        ),
+        (None, _) => ("Done".to_string(), "done".to_string()),
+    };
+    record(
+        ctx,
+        outcome,
+        &detail,
+        Some(inbox_item(
+            ctx,
+            "done",
+            InboxKind::Done,
+            title.clone(),
+            pr.as_ref().map(|p| p.url.clone()),
+        )),
+    )
+    .await;
+    note(
+        ctx,
+        "done",
+        format!("{title}: **{}**", ctx.state(|s| s.title.clone())),
+    )
+    .await;
+}
+
+async fn cleanup(ctx: &Ctx, config: &TaskConfig) {
+    let cleaned = ctx
+        .execute_activity(
+            TaskActivities::cleanup,
+            task_ref(ctx),
+            github_options(config),
+        )
+        .await;
+    if let Err(error) = cleaned {
+        tracing::warn!(?error, "could not clean up the task's jobs");
+    }
+}
+
+fn continue_as_new(ctx: &Ctx) -> WorkflowResult<()> {
+    let input = ctx.state(|s| TaskInput {
+        task_id: s.task_id.clone(),
+        user: s.user.clone(),
+        title: s.title.clone(),
+        repo: s.repo_name.clone(),
+        skip_planning: s.skip_planning,
+        resume: Some(Memory {
+            pending: s.inbox.iter().cloned().collect(),
+            ..s.mem.clone()
+        }),
+    });
+    ctx.continue_as_new(input, ContinueAsNewOptions::default())?;
+    Ok(())
+}
