@@ -363,6 +363,11 @@ async fn job_runner(parts: &WorkerParts<'_>) -> Result<Arc<dyn JobRunner>> {
         ),
         ("DISABLE_AUTOUPDATER".to_string(), "1".to_string()),
     ];
+    // Claude Code refuses to run unattended as root unless told it is sandboxed; an operator
+    // who runs the worker as root in a container says so with IS_SANDBOX, and jobs inherit it.
+    if let Ok(sandbox) = std::env::var("IS_SANDBOX") {
+        env.push(("IS_SANDBOX".to_string(), sandbox));
+    }
     match tasks.job_runner {
         RunnerArg::Local => {
             let agent = match &tasks.agent_bin {

@@ -5,7 +5,10 @@
 pub mod anthropic;
 pub mod chat;
 mod errors;
+pub mod github;
 pub mod jobs;
 pub mod repo;
+pub mod task_text;
+pub mod tasks;
 
 pub use chat::{ChatActivities, ChatSettings, ThreadConfig};

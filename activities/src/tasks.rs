@@ -614,7 +614,7 @@ impl TaskActivities {
             since.is_none_or(|s| c.created_at > s) && !task_text::is_own_comment(&c.body)
         });
         // Newest first: the latest word counts.
-        comments.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        comments.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         if let HumanWait::PlanReview { plan_comment } = &input.wait {
             let reactions = self
                 .github
@@ -887,7 +887,7 @@ impl TaskActivities {
                 since: input.since,
             });
         }
-        parts.sort_by(|a, b| a.0.cmp(&b.0));
+        parts.sort_by_key(|p| p.0);
         let newest = parts
             .last()
             .map(|p| p.0.to_rfc3339())
@@ -1125,7 +1125,15 @@ impl TaskActivities {
         let plan = match input.mode {
             // A first plan starts from nothing; a revision starts from the previous plan.
             Mode::Plan if input.revision.is_none() => None,
-            _ => task.plan.clone(),
+            Mode::Plan => task.plan.clone(),
+            // A task that skipped planning is implemented from its description.
+            _ => Some(task.plan.clone().unwrap_or_else(|| {
+                format!(
+                    "No separate plan was written: the user asked to skip planning. Implement \
+                     the task as described:\n\n{}",
+                    task.description
+                )
+            })),
         };
         Ok(AgentSpec {
             task_id: task.id.clone(),

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use mainloop_store::{OutboxItem, SIGNAL_MESSAGE, SIGNAL_PROPOSAL_DECISION, Store};
+use mainloop_workflows::WorkerTaskWorkflow;
 use mainloop_workflows::payload::json_payload;
 use mainloop_workflows::{MainThreadInput, MainThreadWorkflow, SEARCH_ATTRIBUTE_USER};
-use temporalio_client::{Client, WorkflowStartOptions};
+use temporalio_client::{Client, WorkflowSignalOptions, WorkflowStartOptions};
 use temporalio_common::search_attributes::SearchAttributes;
 use tokio_util::sync::CancellationToken;
 
@@ -199,6 +200,31 @@ async fn deliver(
             .await
             .map(|_| ())
             .map_err(|e| Undeliverable::NotYet(anyhow!("{e}"))),
+        // Human input for a task: the task exists once the main thread started it; until
+        // then (a confirmation still in flight) the signal is retried like any other.
+        "answers" | "plan_review" | "retry" | "cancel" => {
+            let handle = client.get_workflow_handle::<WorkerTaskWorkflow>(item.workflow_id.clone());
+            let options = WorkflowSignalOptions::default();
+            let sent = match item.signal.as_str() {
+                "answers" => {
+                    handle
+                        .signal(WorkerTaskWorkflow::answers, raw, options)
+                        .await
+                }
+                "plan_review" => {
+                    handle
+                        .signal(WorkerTaskWorkflow::plan_review, raw, options)
+                        .await
+                }
+                "retry" => handle.signal(WorkerTaskWorkflow::retry, raw, options).await,
+                _ => {
+                    handle
+                        .signal(WorkerTaskWorkflow::cancel, raw, options)
+                        .await
+                }
+            };
+            sent.map_err(|e| Undeliverable::NotYet(anyhow!("{e}")))
+        }
         other => Err(Undeliverable::Never(format!("unknown signal {other:?}"))),
     }
 }

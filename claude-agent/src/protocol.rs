@@ -86,6 +86,99 @@ pub struct AgentSpec {
     pub git_author_email: String,
 }
 
+impl AgentSpec {
+    /// Checks what the JSON shape cannot: required text present, the fields each mode needs,
+    /// and branch names git accepts and cannot mistake for options.
+    ///
+    /// # Errors
+    /// Every problem found, one per line.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        let required = [
+            ("task_id", &self.task_id),
+            ("repo", &self.repo),
+            ("clone_url", &self.clone_url),
+            ("base_branch", &self.base_branch),
+            ("title", &self.title),
+            ("model", &self.model),
+            ("git_author_name", &self.git_author_name),
+            ("git_author_email", &self.git_author_email),
+        ];
+        for (name, value) in required {
+            if value.trim().is_empty() {
+                problems.push(format!("`{name}` is empty"));
+            }
+        }
+        if !self.clone_url.trim().is_empty() && self.clone_url.starts_with('-') {
+            problems.push("`clone_url` must not start with `-`".to_owned());
+        }
+        if let Err(problem) = check_branch_name(&self.base_branch) {
+            problems.push(format!("`base_branch` {problem}"));
+        }
+        let blank = |value: &Option<String>| value.as_deref().is_none_or(|v| v.trim().is_empty());
+        match (self.mode, &self.branch) {
+            (Mode::Plan, _) => {}
+            (_, None) => problems.push(format!(
+                "`branch` is required in {} mode",
+                self.mode.as_str()
+            )),
+            (_, Some(branch)) => {
+                if let Err(problem) = check_branch_name(branch) {
+                    problems.push(format!("`branch` {problem}"));
+                } else if branch == &self.base_branch {
+                    problems.push("`branch` must differ from `base_branch`".to_owned());
+                }
+            }
+        }
+        match self.mode {
+            Mode::Plan if self.revision.is_some() && blank(&self.plan) => {
+                problems.push("a plan `revision` needs the previous `plan`".to_owned());
+            }
+            Mode::Implement if blank(&self.plan) => {
+                problems
+                    .push("`plan` (the approved plan) is required in implement mode".to_owned());
+            }
+            Mode::Fix if blank(&self.ci_failures) => {
+                problems.push("`ci_failures` is required in fix mode".to_owned());
+            }
+            Mode::Feedback if blank(&self.review_feedback) => {
+                problems.push("`review_feedback` is required in feedback mode".to_owned());
+            }
+            _ => {}
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+/// The rules of `git check-ref-format --branch` that matter here, plus no leading `-` so a
+/// name can never be read as an option.
+fn check_branch_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.starts_with('-') || name.starts_with('/') || name.ends_with('/') {
+        return Err("must not start with `-` or `/`, or end with `/`");
+    }
+    if name.ends_with(".lock") || name.ends_with('.') || name == "@" {
+        return Err("is not a valid branch name");
+    }
+    if name.contains("..") || name.contains("//") || name.contains("@{") || name.contains("/.") {
+        return Err("is not a valid branch name");
+    }
+    if name.starts_with('.')
+        || name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
+    {
+        return Err("contains characters git does not allow in branch names");
+    }
+    Ok(())
+}
+
 /// A question the model asked before it can plan (from Claude Code's `AskUserQuestion`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Question {
@@ -197,6 +290,66 @@ impl AgentEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(mode: Mode) -> AgentSpec {
+        AgentSpec {
+            task_id: "t1".into(),
+            mode,
+            repo: "acme/widgets".into(),
+            clone_url: "https://github.com/acme/widgets.git".into(),
+            base_branch: "main".into(),
+            branch: Some("mainloop/t1-dark-mode".into()),
+            title: "Add dark mode".into(),
+            description: "Please".into(),
+            issue_number: Some(7),
+            pr_number: None,
+            plan: Some("1. Do it".into()),
+            answers: Vec::new(),
+            revision: None,
+            ci_failures: Some("test failed".into()),
+            review_feedback: Some("rename it".into()),
+            model: "claude-sonnet-4-5".into(),
+            git_author_name: "mainloop".into(),
+            git_author_email: "bot@example.com".into(),
+        }
+    }
+
+    #[test]
+    fn valid_specs_pass_and_each_mode_needs_its_context() {
+        for mode in [Mode::Plan, Mode::Implement, Mode::Fix, Mode::Feedback] {
+            assert_eq!(spec(mode).validate(), Ok(()), "{mode:?}");
+        }
+        let mut implement = spec(Mode::Implement);
+        implement.plan = None;
+        implement.branch = None;
+        let problems = implement.validate().unwrap_err();
+        assert!(problems.contains("`branch` is required"), "{problems}");
+        assert!(problems.contains("`plan`"), "{problems}");
+
+        let mut fix = spec(Mode::Fix);
+        fix.ci_failures = Some("  ".into());
+        assert!(fix.validate().unwrap_err().contains("ci_failures"));
+
+        let mut plan = spec(Mode::Plan);
+        plan.branch = None;
+        plan.revision = Some("shorter".into());
+        plan.plan = None;
+        assert!(plan.validate().unwrap_err().contains("revision"));
+    }
+
+    #[test]
+    fn branch_names_git_rejects_or_that_look_like_options_are_refused() {
+        for bad in [
+            "-f", "a..b", "a b", "a~1", "x.lock", "/x", "x/", "a:b", ".hidden",
+        ] {
+            let mut s = spec(Mode::Fix);
+            s.branch = Some(bad.into());
+            assert!(s.validate().is_err(), "{bad} was accepted");
+        }
+        let mut same = spec(Mode::Implement);
+        same.branch = Some("main".into());
+        assert!(same.validate().unwrap_err().contains("differ"));
+    }
 
     #[test]
     fn result_line_round_trips() {

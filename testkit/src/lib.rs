@@ -1,11 +1,14 @@
 //! Fakes of the outside world and harnesses for mainloop's tests and for `mainloop dev --demo`:
-//! a fake Anthropic Messages API, a Temporal dev-server harness, a throwaway PostgreSQL
+//! a fake Anthropic Messages API, a fake Kubernetes API server (with a kubelet that runs pods
+//! as local processes), a Temporal dev-server harness, a throwaway PostgreSQL
 //! server, and helpers for child processes and free ports.
 //!
 //! Nothing here depends on mainloop's own crates: the fakes speak only the wire protocols of
 //! the services they stand in for.
 
 pub mod anthropic;
+pub mod github;
+pub mod kubernetes;
 pub mod ports;
 pub mod postgres;
 pub mod process;

@@ -174,6 +174,14 @@ impl Stack {
         Ok(())
     }
 
+    /// The last lines of the worker's log, for failure messages.
+    pub fn worker_log_tail(&self, lines: usize) -> String {
+        self.worker
+            .as_ref()
+            .map(|w| w.log_tail(lines))
+            .unwrap_or_default()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.api_port)
     }

@@ -7,3 +7,4 @@ mod faults;
 mod harness;
 mod histories;
 mod long_thread;
+mod tasks;

@@ -1234,9 +1234,11 @@ async fn ci(ctx: &Ctx, config: &TaskConfig) -> Step {
         let mut interval = config.ci_poll_initial_ms.max(1);
         let mut waited: u64 = 0;
         let report = loop {
-            match unless_cancelled(ctx, ctx.timer(Duration::from_millis(interval))).await {
-                None => return Step::Cancel(cancel_reason(ctx)),
-                Some(_) => {}
+            if unless_cancelled(ctx, ctx.timer(Duration::from_millis(interval)))
+                .await
+                .is_none()
+            {
+                return Step::Cancel(cancel_reason(ctx));
             }
             waited = waited.saturating_add(interval);
             interval = interval.saturating_mul(2).min(config.ci_poll_max_ms.max(1));

@@ -1,0 +1,551 @@
+//! Worker tasks end to end: the real `mainloop` processes, Temporal, PostgreSQL, the real
+//! `mainloop-agent` running the real Claude Code CLI against the fake Anthropic API, and the
+//! fake GitHub with real git repositories. Only the outside world is fake.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use mainloop_store::{Task, TaskStatus};
+use mainloop_testkit::anthropic::{RecordedRequest, Reply};
+use mainloop_testkit::github::{CiScript, FakeGitHub, Permission};
+use serde_json::{Value, json};
+
+use crate::harness::{Stack, USER};
+
+const REPO: &str = "acme/web";
+const TASK_WAIT: Duration = Duration::from_secs(120);
+
+/// The Claude Code CLI the tests run: `MAINLOOP_CLAUDE_BIN`, else the one `scripts/setup`
+/// installs, else `claude` on PATH.
+fn claude_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("MAINLOOP_CLAUDE_BIN") {
+        return PathBuf::from(path);
+    }
+    let tools =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/claude-code/node_modules/.bin/claude");
+    if tools.exists() {
+        return tools;
+    }
+    PathBuf::from("claude")
+}
+
+/// `mainloop-agent`, built beside `mainloop` (built here if a single-package test run did not).
+fn agent_bin() -> Result<PathBuf> {
+    let beside = Path::new(env!("CARGO_BIN_EXE_mainloop")).with_file_name("mainloop-agent");
+    if !beside.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "mainloop-agent"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .context("building mainloop-agent")?;
+        if !status.success() {
+            bail!("building mainloop-agent failed");
+        }
+    }
+    Ok(beside)
+}
+
+/// The text of the first user message: the prompt the agent gave the CLI.
+fn prompt(request: &RecordedRequest) -> String {
+    request
+        .messages()
+        .first()
+        .map(|m| match &m["content"] {
+            Value::String(text) => text.clone(),
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the model is being told the result of the tool it called.
+fn after_tool(request: &RecordedRequest) -> bool {
+    request
+        .messages()
+        .last()
+        .and_then(|m| m["content"].as_array())
+        .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"))
+}
+
+/// A model that proposes one task in the chat, and as the worker agent plans, implements,
+/// fixes and addresses feedback by appending to files in the clone.
+fn scripted_model(request: &RecordedRequest) -> Reply {
+    if request.tool_names().iter().any(|t| t == "propose_task") {
+        if after_tool(request) {
+            return Reply::text("I proposed it: confirm to start.");
+        }
+        return Reply::tool_use(
+            "propose_task",
+            json!({
+                "title": "Add a greeting",
+                "description": "Add a greet() function to the library",
+                "repo": REPO,
+            }),
+        )
+        .with_usage(30, 12);
+    }
+    if after_tool(request) {
+        return Reply::text("Done: the change is in place.").with_usage(50, 10);
+    }
+    let text = prompt(request);
+    let work = |line: &str, file: &str| {
+        Reply::tool_use(
+            "Bash",
+            json!({
+                "command": format!("printf '{line}\\n' >> {file}"),
+                "description": "Edit the code",
+            }),
+        )
+        .with_usage(200, 40)
+    };
+    if text.contains("Implement the approved plan") {
+        work("pub fn greet() {}", "src/greet.rs")
+    } else if text.contains("Failed CI checks") {
+        work("// fixed", "src/greet.rs")
+    } else if text.contains("Review feedback to address") {
+        work("// review addressed", "src/greet.rs")
+    } else {
+        let plan = if text.contains("Changes the user asked for") {
+            "1. Add greet() in src/greet.rs\n2. Use CSS variables\n3. Test it"
+        } else {
+            "1. Add greet() in src/greet.rs\n2. Test it"
+        };
+        Reply::tool_use("ExitPlanMode", json!({ "plan": plan })).with_usage(300, 60)
+    }
+}
+
+pub struct TaskStack {
+    pub stack: Stack,
+    pub github: FakeGitHub,
+    _jobs: tempfile::TempDir,
+}
+
+impl TaskStack {
+    pub async fn start() -> Result<TaskStack> {
+        TaskStack::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[(&str, &str)]) -> Result<TaskStack> {
+        let github = FakeGitHub::start().await?;
+        github.create_repo("acme", "web").await?;
+        let agent = agent_bin()?.display().to_string();
+        let claude = claude_bin().display().to_string();
+        let api = github.base_url();
+        let token = github.token();
+        let jobs_dir = tempfile::Builder::new()
+            .prefix("mainloop-jobs-")
+            .tempdir()?;
+        let jobs = jobs_dir.path().display().to_string();
+        let mut env: Vec<(&str, &str)> = vec![
+            ("GITHUB_API_URL", api.as_str()),
+            ("GITHUB_TOKEN", token.as_str()),
+            ("MAINLOOP_AGENT_BIN", agent.as_str()),
+            ("MAINLOOP_CLAUDE_BIN", claude.as_str()),
+            ("MAINLOOP_WORKER_MODEL", "claude-sonnet-4-5"),
+            ("MAINLOOP_CI_POLL", "50ms"),
+            ("MAINLOOP_CI_POLL_MAX", "200ms"),
+            ("MAINLOOP_HUMAN_POLL", "100ms"),
+            ("MAINLOOP_HUMAN_POLL_MAX", "300ms"),
+            ("MAINLOOP_REVIEW_POLL", "100ms"),
+            ("MAINLOOP_REVIEW_POLL_MAX", "300ms"),
+            ("MAINLOOP_RETRY_INITIAL", "100ms"),
+            ("MAINLOOP_RETRY_MAX", "1s"),
+            ("MAINLOOP_JOB_HEARTBEAT_TIMEOUT", "3s"),
+            ("MAINLOOP_JOB_TIMEOUT", "5m"),
+            ("MAINLOOP_JOBS_DIR", jobs.as_str()),
+            // Claude Code refuses to skip permission prompts as root unless told it is
+            // sandboxed; CI machines run tests as root.
+            ("IS_SANDBOX", "1"),
+        ];
+        env.extend_from_slice(extra);
+        let stack = Stack::start_with(&env).await?;
+        stack.anthropic.set_default(scripted_model);
+        Ok(TaskStack {
+            stack,
+            github,
+            _jobs: jobs_dir,
+        })
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let http = reqwest::Client::new();
+        let url = self.stack.url(path);
+        let builder = match method {
+            "GET" => http.get(url),
+            _ => http.post(url),
+        };
+        let builder = match body {
+            Some(body) => builder.json(&body),
+            None => builder,
+        };
+        let response = builder.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// Chats until the model proposes the task, confirms it, and returns the task id.
+    pub async fn confirmed_task(&self, body: Value) -> Result<String> {
+        self.stack
+            .post("please add a greeting to acme/web", "task-1")
+            .await?;
+        let proposal_id = self
+            .wait_for(|| async {
+                let page: Value = reqwest::get(self.stack.url("/api/messages"))
+                    .await?
+                    .json()
+                    .await?;
+                Ok(page["messages"].as_array().and_then(|messages| {
+                    messages
+                        .iter()
+                        .flat_map(|m| m["proposals"].as_array().cloned().unwrap_or_default())
+                        .find_map(|p| p["id"].as_str().map(str::to_string))
+                }))
+            })
+            .await?;
+        let (status, confirmed) = self
+            .request(
+                "POST",
+                &format!("/api/proposals/{proposal_id}/confirm"),
+                Some(body),
+            )
+            .await?;
+        if status != 202 {
+            bail!("confirm answered {status}: {confirmed}");
+        }
+        Ok(confirmed["task"]["id"]
+            .as_str()
+            .context("no task id")?
+            .to_string())
+    }
+
+    /// Re-evaluates `check` after every committed event until it yields something.
+    pub async fn wait_for<T, F, Fut>(&self, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let mut wake = self.stack.store.subscribe_events();
+        let deadline = tokio::time::Instant::now() + TASK_WAIT;
+        loop {
+            if let Some(found) = check().await? {
+                return Ok(found);
+            }
+            match tokio::time::timeout_at(deadline, wake.recv()).await {
+                Ok(_) => {}
+                Err(_) => bail!("timed out waiting"),
+            }
+        }
+    }
+
+    pub async fn task(&self, id: &str) -> Result<Task> {
+        Ok(self.stack.store.get_task(USER, id).await?)
+    }
+
+    /// Waits until the task reaches `status`; fails early if it fails instead.
+    pub async fn wait_status(&self, id: &str, status: TaskStatus) -> Result<Task> {
+        let found = self
+            .wait_for(|| async {
+                let task = self.task(id).await?;
+                if task.status == status {
+                    return Ok(Some(Ok(task)));
+                }
+                if task.status == TaskStatus::Failed && status != TaskStatus::Failed {
+                    return Ok(Some(Err(anyhow::anyhow!(
+                        "the task failed: {:?}",
+                        task.error
+                    ))));
+                }
+                Ok(None)
+            })
+            .await;
+        match found {
+            Ok(result) => result,
+            Err(error) => {
+                let task = self.task(id).await?;
+                bail!(
+                    "{error} for {status:?}; the task is {:?} ({}) {:?}\nworker log:\n{}",
+                    task.status,
+                    task.detail,
+                    task.error,
+                    self.stack.worker_log_tail(60)
+                )
+            }
+        }
+    }
+
+    /// Jobs of a mode the task ran, from its recorded runs.
+    pub async fn runs(&self, id: &str, mode: &str) -> Result<usize> {
+        Ok(self
+            .stack
+            .store
+            .task_runs(USER, id)
+            .await?
+            .iter()
+            .filter(|r| r.mode == mode)
+            .count())
+    }
+}
+
+async fn approve_plan(ts: &TaskStack, id: &str) -> Result<()> {
+    ts.wait_status(id, TaskStatus::WaitingPlanReview).await?;
+    let (status, body) = ts
+        .request(
+            "POST",
+            &format!("/api/tasks/{id}/review-plan"),
+            Some(json!({"action": "approve"})),
+        )
+        .await?;
+    if status != 202 {
+        bail!("review-plan answered {status}: {body}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confirmed_proposal_goes_from_plan_to_a_merged_pr() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    ts.github
+        .set_ci(REPO, CiScript::AlwaysPass.pending_polls(1))?;
+    let id = ts.confirmed_task(json!({})).await?;
+
+    // Planning: one issue with the plan in its body and a plan comment.
+    let task = ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+    let issue = task.issue_number.context("no issue")? as u64;
+    assert!(
+        task.plan.as_deref().unwrap_or("").contains("greet()"),
+        "{task:?}"
+    );
+    let body = ts
+        .github
+        .issue(REPO, issue)
+        .context("issue")?
+        .body
+        .unwrap_or_default();
+    assert!(body.contains("Implementation plan"), "{body}");
+    assert!(
+        ts.github
+            .comments(REPO, issue)
+            .iter()
+            .any(|c| c.body.contains("📋"))
+    );
+    // A wrong action is refused at once, and so is an answer while no question waits.
+    let (status, _) = ts
+        .request(
+            "POST",
+            &format!("/api/tasks/{id}/review-plan"),
+            Some(json!({"action": "maybe"})),
+        )
+        .await?;
+    assert_eq!(status, 422);
+    let (status, _) = ts
+        .request(
+            "POST",
+            &format!("/api/tasks/{id}/answer"),
+            Some(json!({"answers": {"x": "y"}})),
+        )
+        .await?;
+    assert_eq!(status, 409);
+
+    approve_plan(&ts, &id).await?;
+    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    let pr_number = task.pr_number.context("no PR")? as u64;
+    let pull = ts.github.pull(REPO, pr_number).context("the PR")?;
+    assert!(!pull.draft, "the PR is still a draft");
+    assert!(
+        pull.body
+            .unwrap_or_default()
+            .contains(&format!("Closes #{issue}"))
+    );
+    let branch = task.branch.clone().context("no branch")?;
+    assert!(branch.starts_with(&format!("feature/{issue}-")), "{branch}");
+    let commits = ts.github.commits(REPO, &branch).await?;
+    assert!(commits.len() >= 2, "{commits:?}");
+    assert_eq!(ts.github.graphql_calls().len(), 1);
+    assert!(
+        ts.github
+            .comments(REPO, pr_number)
+            .iter()
+            .any(|c| c.body.contains("Ready for review") && c.body.contains("| implement |")),
+        "no summary comment with the ledger"
+    );
+    assert_eq!(
+        ts.github
+            .issues(REPO)
+            .iter()
+            .filter(|i| i.number != pr_number)
+            .count(),
+        1
+    );
+    assert!(
+        task.cost.input_tokens > 0 && task.cost.output_tokens > 0,
+        "{:?}",
+        task.cost
+    );
+
+    ts.github.merge_pr(REPO, pr_number).await?;
+    let task = ts.wait_status(&id, TaskStatus::Merged).await?;
+    assert!(task.completed_at.is_some());
+    // The chat was told: the main thread says each task event once.
+    let notes = ts
+        .wait_for(|| async {
+            let notes: Vec<String> = ts
+                .stack
+                .store
+                .list_messages(USER, None, 200)
+                .await?
+                .into_iter()
+                .filter(|m| m.kind == mainloop_store::MessageKind::Note)
+                .map(|m| m.content)
+                .collect();
+            Ok(notes.iter().any(|n| n.contains("merged")).then_some(notes))
+        })
+        .await?;
+    assert!(notes.iter().any(|n| n.contains("Plan ready")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.contains("ready for review")),
+        "{notes:?}"
+    );
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ci_failing_twice_takes_exactly_two_fix_jobs() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    ts.github.set_ci(REPO, CiScript::FailTimes(2))?;
+    let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
+    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    assert_eq!(ts.runs(&id, "fix").await?, 2);
+    assert_eq!(ts.runs(&id, "plan").await?, 0);
+    let branch = task.branch.context("branch")?;
+    let commits = ts.github.commits(REPO, &branch).await?;
+    // The base commit, the implementation and two fixes.
+    assert_eq!(commits.len(), 4, "{commits:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ci_that_never_passes_fails_after_five_fixes_and_retry_resumes_the_ci_phase() -> Result<()>
+{
+    let ts = TaskStack::start_with(&[("MAINLOOP_MAX_CI_FIXES", "5")]).await?;
+    ts.github.set_ci(REPO, CiScript::NeverPass)?;
+    let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
+    let failed = ts.wait_status(&id, TaskStatus::Failed).await?;
+    assert_eq!(ts.runs(&id, "fix").await?, 5);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("5 fix attempts"),
+        "{failed:?}"
+    );
+    let inbox = ts.stack.store.list_inbox(USER, 50).await?;
+    assert!(
+        inbox
+            .iter()
+            .any(|i| i.kind == mainloop_store::InboxKind::Failed && !i.resolved)
+    );
+    let pulls_before = ts.github.pulls(REPO).len();
+    let issues_before = ts.github.issues(REPO).len();
+
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    let (status, body) = ts
+        .request("POST", &format!("/api/tasks/{id}/retry"), None)
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    ts.wait_for(|| async { Ok((ts.task(&id).await?.status != TaskStatus::Failed).then_some(())) })
+        .await?;
+    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    assert_eq!(task.pr_number, failed.pr_number);
+    assert_eq!(task.branch, failed.branch);
+    assert_eq!(ts.github.pulls(REPO).len(), pulls_before);
+    assert_eq!(ts.github.issues(REPO).len(), issues_before);
+    assert_eq!(ts.runs(&id, "implement").await?, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lgtm_from_a_user_without_write_access_approves_nothing() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    ts.github.add_user("mallory");
+    ts.github.add_user("maria");
+    ts.github
+        .add_collaborator(REPO, "maria", Permission::Write)?;
+    let id = ts.confirmed_task(json!({})).await?;
+    let task = ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+    let issue = task.issue_number.context("issue")? as u64;
+    ts.github.comment_as("mallory", REPO, issue, "lgtm")?;
+    // Let the task read the issue's comments a few times after mallory's comment.
+    let reads = |v: &mainloop_testkit::github::GitHubView<'_>| {
+        v.requests()
+            .iter()
+            .filter(|(m, p, _)| m == "GET" && p.contains(&format!("/issues/{issue}/comments")))
+            .count()
+    };
+    let seen = ts.github.view(reads);
+    ts.github
+        .wait_until(TASK_WAIT, |v| reads(v) >= seen + 3)
+        .await?;
+    assert_eq!(ts.task(&id).await?.status, TaskStatus::WaitingPlanReview);
+    ts.github
+        .comment_as("maria", REPO, issue, "LGTM, ship it")?;
+    ts.wait_status(&id, TaskStatus::Implementing).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repository_we_cannot_use_is_refused_at_confirmation() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    ts.stack
+        .post("please add a greeting to acme/web", "task-1")
+        .await?;
+    let proposal_id = ts
+        .wait_for(|| async {
+            let page: Value = reqwest::get(ts.stack.url("/api/messages"))
+                .await?
+                .json()
+                .await?;
+            Ok(page["messages"].as_array().and_then(|messages| {
+                messages
+                    .iter()
+                    .flat_map(|m| m["proposals"].as_array().cloned().unwrap_or_default())
+                    .find_map(|p| p["id"].as_str().map(str::to_string))
+            }))
+        })
+        .await?;
+    let (status, body) = ts
+        .request(
+            "POST",
+            &format!("/api/proposals/{proposal_id}/confirm"),
+            Some(json!({"repo": "acme/missing"})),
+        )
+        .await?;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_repo");
+    // Nothing was decided: the proposal can still be confirmed as proposed.
+    let (status, body) = ts
+        .request(
+            "POST",
+            &format!("/api/proposals/{proposal_id}/confirm"),
+            Some(json!({})),
+        )
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    Ok(())
+}
