@@ -15,7 +15,7 @@ setup: ## Install what is missing (Temporal CLI, PostgreSQL for tests)
 	@scripts/setup
 
 dev: setup ## Run mainloop: Temporal dev server + worker + API + SQLite, on http://127.0.0.1:8080
-	$(CARGO) build --bin mainloop-agent
+	$(CARGO) build -p mainloop-agent
 	MAINLOOP_CLAUDE_BIN="$${MAINLOOP_CLAUDE_BIN:-$(CURDIR)/.tools/claude-code/node_modules/.bin/claude}" \
 		$(CARGO) run --bin mainloop -- dev
 
