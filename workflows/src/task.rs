@@ -247,7 +247,6 @@ impl WorkerTaskWorkflow {
             .await
             .unwrap_or_default();
         loop {
-            absorb_inputs(ctx);
             if let Some(reason) = ctx.state(|s| s.mem.cancel.clone()) {
                 cancel(ctx, &config, &reason).await;
                 return Ok(());
@@ -307,16 +306,18 @@ impl WorkerTaskWorkflow {
 
     #[signal(name = "cancel")]
     pub fn cancel(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
-        // Cancel is acted on at once, whatever the task is doing.
-        let parsed = inbound("cancel", &payload);
-        if let Some(Ok(ParsedInput::Cancel(id, reason))) = Some(parse(&parsed))
-            && !self.mem.seen.contains(&id)
-        {
-            self.mem.seen.push(id);
-            self.mem.cancel = Some(reason);
-            return;
+        // Cancel is acted on at once, whatever the task is doing: the run loop and every
+        // interruptible step watch `mem.cancel`. An invalid cancel must not cancel anything.
+        match parse(&inbound("cancel", &payload)) {
+            Ok(ParsedInput::Cancel(id, reason)) => {
+                if !self.mem.seen.contains(&id) {
+                    remember_id(&mut self.mem, id);
+                    self.mem.cancel = Some(reason);
+                }
+            }
+            Ok(_) => {}
+            Err(reason) => tracing::warn!(%reason, "ignored an invalid cancel signal"),
         }
-        self.inbox.push_back(parsed);
     }
 
     #[query(name = "state")]
@@ -414,25 +415,6 @@ fn parse(inbound: &Inbound) -> Result<ParsedInput, String> {
         }
         other => Err(format!("unknown signal {other:?}")),
     }
-}
-
-/// Moves cancel requests out of the inbox at once (they apply whatever the task does).
-fn absorb_inputs(ctx: &Ctx) {
-    ctx.state_mut(|s| {
-        let mut kept = VecDeque::new();
-        while let Some(item) = s.inbox.pop_front() {
-            match parse(&item) {
-                Ok(ParsedInput::Cancel(id, reason)) => {
-                    if !s.mem.seen.contains(&id) {
-                        remember_id(&mut s.mem, id);
-                        s.mem.cancel = Some(reason);
-                    }
-                }
-                _ => kept.push_back(item),
-            }
-        }
-        s.inbox = kept;
-    });
 }
 
 fn remember_id(mem: &mut Memory, id: String) {
@@ -654,17 +636,12 @@ where
     let mut future = pin!(future);
     select! {
         output = future.as_mut() => return Some(output),
-        _ = ctx.wait_condition(|s| s.mem.cancel.is_some() || has_cancel(&s.inbox)).fuse() => {}
+        _ = ctx.wait_condition(|s| s.mem.cancel.is_some()).fuse() => {}
     }
     future.cancel();
     // Resolves at once: activities are cancelled with TryCancel.
     let _cancelled = future.await;
-    absorb_inputs(ctx);
     None
-}
-
-fn has_cancel(inbox: &VecDeque<Inbound>) -> bool {
-    inbox.iter().any(|i| i.signal == "cancel")
 }
 
 /// A GitHub activity, or the step outcome when it fails or the task is cancelled.
