@@ -29,8 +29,9 @@ use temporalio_common::data_converters::RawValue;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflows::select;
 use temporalio_sdk::{
-    ActivityExecutionError, ActivityOptions, ChildWorkflowOptions, ContinueAsNewOptions,
-    LocalActivityOptions, ParentClosePolicy, SyncWorkflowContext, WorkflowContext,
+    ActivityExecutionError, ActivityOptions, ChildWorkflowOptions, ChildWorkflowStartError,
+    ContinueAsNewOptions, LocalActivityOptions, ParentClosePolicy,
+    StartChildWorkflowExecutionFailedCause, SyncWorkflowContext, WorkflowContext,
     WorkflowContextView, WorkflowResult,
 };
 
@@ -560,20 +561,20 @@ async fn start_task(
         .start_child_workflow(WorkerTaskWorkflow::run, input, options)
         .await
     {
-        Ok(_started) => {}
+        // Already started: a redelivered confirmation, or a retry by hand.
+        Ok(_)
+        | Err(ChildWorkflowStartError::StartFailed {
+            cause: StartChildWorkflowExecutionFailedCause::WorkflowAlreadyExists,
+            ..
+        }) => {}
         Err(error) => {
-            // Already started (a redelivered confirmation) is the common case; anything else
-            // is told to the user.
-            let text = format!("{error:?}");
-            if !text.contains("AlreadyExists") && !text.contains("AlreadyStarted") {
-                notice(
-                    ctx,
-                    user,
-                    "error",
-                    format!("The task {task_id} could not be started: {text}"),
-                )
-                .await;
-            }
+            notice(
+                ctx,
+                user,
+                "error",
+                format!("The task {task_id} could not be started: {error}"),
+            )
+            .await;
         }
     }
 }
