@@ -7,6 +7,7 @@
 pub mod connect;
 pub mod defaults;
 pub mod main_thread;
+pub mod options;
 pub mod payload;
 pub mod replay;
 pub mod task;

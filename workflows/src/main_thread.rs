@@ -19,23 +19,22 @@ use std::time::Duration;
 use futures::future::FusedFuture;
 use mainloop_activities::ChatActivities;
 use mainloop_activities::chat::{
-    ActivityTiming, CompactInput, CompactOutput, FailTurnInput, NoteInput, NoticeInput,
-    ThreadConfig, TurnInput, failure_type,
+    CompactInput, CompactOutput, FailTurnInput, NoteInput, NoticeInput, ThreadConfig, TurnInput,
+    failure_type,
 };
 use mainloop_store::task_workflow_id;
 use serde::{Deserialize, Serialize};
-use temporalio_common::RetryPolicy;
 use temporalio_common::data_converters::RawValue;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflows::select;
 use temporalio_sdk::{
-    ActivityExecutionError, ActivityOptions, ChildWorkflowOptions, ChildWorkflowStartError,
-    ContinueAsNewOptions, LocalActivityOptions, ParentClosePolicy,
-    StartChildWorkflowExecutionFailedCause, SyncWorkflowContext, WorkflowContext,
-    WorkflowContextView, WorkflowResult,
+    ActivityExecutionError, ChildWorkflowOptions, ChildWorkflowStartError, ContinueAsNewOptions,
+    ParentClosePolicy, StartChildWorkflowExecutionFailedCause, SyncWorkflowContext,
+    WorkflowContext, WorkflowContextView, WorkflowResult,
 };
 
-use crate::payload::{decode_json, describe_activity_error};
+use crate::options::{activity_options, local_options};
+use crate::payload::{Inbound, describe_activity_error};
 use crate::task::{TaskInput, WorkerTaskWorkflow};
 use crate::{SEARCH_ATTRIBUTE_USER, defaults};
 
@@ -67,16 +66,6 @@ pub struct Carry {
     pub compactions: u64,
     #[serde(default)]
     pub runs: u64,
-}
-
-/// A signal as received: its name and its payload decoded as JSON, or why that failed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Inbound {
-    pub signal: String,
-    #[serde(default)]
-    pub payload: Option<serde_json::Value>,
-    #[serde(default)]
-    pub error: Option<String>,
 }
 
 /// Payload of the `message` signal.
@@ -267,17 +256,19 @@ impl MainThreadWorkflow {
 
     #[signal(name = "message")]
     pub fn message(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
-        self.inbox.push_back(inbound("message", payload));
+        self.inbox.push_back(Inbound::received("message", &payload));
     }
 
     #[signal(name = "proposal_decision")]
     pub fn proposal_decision(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
-        self.inbox.push_back(inbound("proposal_decision", payload));
+        self.inbox
+            .push_back(Inbound::received("proposal_decision", &payload));
     }
 
     #[signal(name = "task_event")]
     pub fn task_event(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
-        self.inbox.push_back(inbound("task_event", payload));
+        self.inbox
+            .push_back(Inbound::received("task_event", &payload));
     }
 
     #[query(name = "state")]
@@ -294,27 +285,9 @@ impl MainThreadWorkflow {
     }
 }
 
-fn inbound(signal: &str, payload: RawValue) -> Inbound {
-    match decode_json(&payload) {
-        Ok(value) => Inbound {
-            signal: signal.to_string(),
-            payload: Some(value),
-            error: None,
-        },
-        Err(error) => Inbound {
-            signal: signal.to_string(),
-            payload: None,
-            error: Some(error),
-        },
-    }
-}
-
 /// Validates a received signal. The reason comes back to the user verbatim.
 fn parse(inbound: &Inbound) -> Result<Input, String> {
-    if let Some(error) = &inbound.error {
-        return Err(error.clone());
-    }
-    let payload = inbound.payload.clone().unwrap_or(serde_json::Value::Null);
+    let payload = inbound.json()?;
     let non_empty = |id: &str, field: &str| {
         if id.trim().is_empty() || id.len() > 200 {
             Err(format!("`{field}` must be a non-empty id"))
@@ -507,32 +480,6 @@ async fn notice(ctx: &WorkflowContext<MainThreadWorkflow>, user: &str, level: &s
     if let Err(error) = recorded {
         tracing::error!(%error, "could not record a notice");
     }
-}
-
-fn activity_options(timing: &ActivityTiming) -> ActivityOptions {
-    let retry = RetryPolicy::builder()
-        .initial_interval(Duration::from_millis(timing.retry_initial_ms.max(1)))
-        .backoff_coefficient(2.0)
-        .maximum_interval(Duration::from_millis(timing.retry_max_ms.max(1)))
-        .maximum_attempts(timing.retry_attempts)
-        .build();
-    let builder = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(
-        timing.start_to_close_ms.max(1),
-    ))
-    .retry_policy(retry);
-    if timing.heartbeat_ms > 0 {
-        builder
-            .heartbeat_timeout(Duration::from_millis(timing.heartbeat_ms))
-            .build()
-    } else {
-        builder.build()
-    }
-}
-
-fn local_options(timeout: Duration) -> LocalActivityOptions {
-    LocalActivityOptions::builder()
-        .start_to_close_timeout(timeout)
-        .build()
 }
 
 /// Starts the worker task of a confirmed proposal. It outlives this run of the thread

@@ -2,6 +2,7 @@
 //! (so a malformed one can never fail a workflow task) and are decoded here; activity
 //! failures are turned into something a person can read.
 
+use serde::{Deserialize, Serialize};
 use temporalio_common::data_converters::RawValue;
 use temporalio_common::error::IncomingError;
 use temporalio_common::protos::temporal::api::common::v1::Payload;
@@ -21,6 +22,43 @@ pub fn json_payload(value: &serde_json::Value) -> RawValue {
         data,
         ..Default::default()
     }])
+}
+
+/// A signal as received: its name and its payload decoded as JSON, or why that failed. Signal
+/// handlers store these and the run loop validates them, so no payload can fail a workflow
+/// task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Inbound {
+    pub signal: String,
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl Inbound {
+    pub fn received(signal: &str, payload: &RawValue) -> Inbound {
+        match decode_json(payload) {
+            Ok(value) => Inbound {
+                signal: signal.to_string(),
+                payload: Some(value),
+                error: None,
+            },
+            Err(error) => Inbound {
+                signal: signal.to_string(),
+                payload: None,
+                error: Some(error),
+            },
+        }
+    }
+
+    /// The payload, or why it could not be read.
+    pub fn json(&self) -> Result<serde_json::Value, String> {
+        match &self.error {
+            Some(error) => Err(error.clone()),
+            None => Ok(self.payload.clone().unwrap_or(serde_json::Value::Null)),
+        }
+    }
 }
 
 /// Decodes the first payload of a signal as JSON, or says why it cannot.

@@ -16,6 +16,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use futures::FutureExt as _;
+use mainloop_activities::chat::ActivityTiming;
 use mainloop_activities::task_text::{self, LedgerEntry};
 use mainloop_activities::tasks::{
     CheckInput, CiVerdict, CloseInput, CommentBody, CommentInfo, CommentInput, GitHubReply,
@@ -26,7 +27,6 @@ use mainloop_activities::tasks::{
 use mainloop_agent::protocol::{Answer, Mode};
 use mainloop_store::{InboxKind, NewInboxItem, TaskProjection, TaskQuestion, TaskStatus};
 use serde::{Deserialize, Serialize};
-use temporalio_common::RetryPolicy;
 use temporalio_common::data_converters::RawValue;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflows::select;
@@ -37,7 +37,8 @@ use temporalio_sdk::{
 };
 
 use crate::main_thread::MainThreadWorkflow;
-use crate::payload::{decode_json, describe_activity_error, json_payload};
+use crate::options::{activity_options, local_options};
+use crate::payload::{Inbound, describe_activity_error, json_payload};
 use crate::{
     SEARCH_ATTRIBUTE_REPO, SEARCH_ATTRIBUTE_TASK_STATUS, SEARCH_ATTRIBUTE_USER, main_thread_id,
 };
@@ -112,16 +113,6 @@ pub struct Memory {
     pub seen: Vec<String>,
     pub pending: Vec<Inbound>,
     pub cancel: Option<String>,
-}
-
-/// A signal as received.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Inbound {
-    pub signal: String,
-    #[serde(default)]
-    pub payload: Option<serde_json::Value>,
-    #[serde(default)]
-    pub error: Option<String>,
 }
 
 /// Payload of `answers`.
@@ -243,7 +234,7 @@ impl WorkerTaskWorkflow {
             ]);
         }
         let config = ctx
-            .execute_local_activity(TaskActivities::config, (), local_options())
+            .execute_local_activity(TaskActivities::config, (), local())
             .await
             .unwrap_or_default();
         loop {
@@ -291,24 +282,25 @@ impl WorkerTaskWorkflow {
 
     #[signal(name = "answers")]
     pub fn answers(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
-        self.inbox.push_back(inbound("answers", &payload));
+        self.inbox.push_back(Inbound::received("answers", &payload));
     }
 
     #[signal(name = "plan_review")]
     pub fn plan_review(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
-        self.inbox.push_back(inbound("plan_review", &payload));
+        self.inbox
+            .push_back(Inbound::received("plan_review", &payload));
     }
 
     #[signal(name = "retry")]
     pub fn retry(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
-        self.inbox.push_back(inbound("retry", &payload));
+        self.inbox.push_back(Inbound::received("retry", &payload));
     }
 
     #[signal(name = "cancel")]
     pub fn cancel(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
         // Cancel is acted on at once, whatever the task is doing: the run loop and every
         // interruptible step watch `mem.cancel`. An invalid cancel must not cancel anything.
-        match parse(&inbound("cancel", &payload)) {
+        match parse(&Inbound::received("cancel", &payload)) {
             Ok(ParsedInput::Cancel(id, reason)) => {
                 if !self.mem.seen.contains(&id) {
                     remember_id(&mut self.mem, id);
@@ -338,21 +330,6 @@ impl WorkerTaskWorkflow {
     }
 }
 
-fn inbound(signal: &str, payload: &RawValue) -> Inbound {
-    match decode_json(payload) {
-        Ok(value) => Inbound {
-            signal: signal.to_string(),
-            payload: Some(value),
-            error: None,
-        },
-        Err(error) => Inbound {
-            signal: signal.to_string(),
-            payload: None,
-            error: Some(error),
-        },
-    }
-}
-
 enum ParsedInput {
     Answers(String, Vec<AnswerInput>),
     PlanReview(String, PlanReviewSignal),
@@ -361,10 +338,7 @@ enum ParsedInput {
 }
 
 fn parse(inbound: &Inbound) -> Result<ParsedInput, String> {
-    if let Some(error) = &inbound.error {
-        return Err(error.clone());
-    }
-    let payload = inbound.payload.clone().unwrap_or(serde_json::Value::Null);
+    let payload = inbound.json()?;
     let check_id = |id: &str| {
         if id.trim().is_empty() || id.len() > 200 {
             Err("`id` must be a non-empty id".to_string())
@@ -538,7 +512,7 @@ async fn record(ctx: &Ctx, status: TaskStatus, detail: &str, raise: Option<NewIn
                 projection,
                 raise,
             },
-            local_options(),
+            local(),
         )
         .await;
     if let Err(error) = result {
@@ -588,43 +562,31 @@ fn inbox_item(
 }
 
 fn github_options(config: &TaskConfig) -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_millis(
-        config.github_timeout_ms.max(1),
-    ))
-    .retry_policy(
-        RetryPolicy::builder()
-            .initial_interval(Duration::from_millis(config.github_retry_initial_ms.max(1)))
-            .backoff_coefficient(2.0)
-            .maximum_interval(Duration::from_millis(config.github_retry_max_ms.max(1)))
-            .maximum_attempts(config.github_attempts)
-            .build(),
-    )
-    .build()
+    activity_options(&ActivityTiming {
+        start_to_close_ms: config.github_timeout_ms,
+        heartbeat_ms: 0,
+        retry_initial_ms: config.github_retry_initial_ms,
+        retry_max_ms: config.github_retry_max_ms,
+        retry_attempts: config.github_attempts,
+    })
 }
 
+/// A job may run `job_timeout_ms`; the activity gets a tenth more, so the runner's own
+/// timeout (which kills the job) fires first.
 fn job_options(config: &TaskConfig) -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_millis(
-        config
+    activity_options(&ActivityTiming {
+        start_to_close_ms: config
             .job_timeout_ms
-            .saturating_add(config.job_timeout_ms / 10)
-            .max(1),
-    ))
-    .heartbeat_timeout(Duration::from_millis(config.job_heartbeat_ms.max(1)))
-    .retry_policy(
-        RetryPolicy::builder()
-            .initial_interval(Duration::from_millis(config.github_retry_initial_ms.max(1)))
-            .backoff_coefficient(2.0)
-            .maximum_interval(Duration::from_millis(config.github_retry_max_ms.max(1)))
-            .maximum_attempts(config.job_activity_attempts)
-            .build(),
-    )
-    .build()
+            .saturating_add(config.job_timeout_ms / 10),
+        heartbeat_ms: config.job_heartbeat_ms.max(1),
+        retry_initial_ms: config.github_retry_initial_ms,
+        retry_max_ms: config.github_retry_max_ms,
+        retry_attempts: config.job_activity_attempts,
+    })
 }
 
-fn local_options() -> LocalActivityOptions {
-    LocalActivityOptions::builder()
-        .start_to_close_timeout(Duration::from_secs(30))
-        .build()
+fn local() -> LocalActivityOptions {
+    local_options(Duration::from_secs(30))
 }
 
 /// Runs `future` unless the task is cancelled first; then the future is cancelled (an
