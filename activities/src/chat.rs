@@ -23,6 +23,7 @@ use crate::anthropic::{
     AnthropicClient, ApiMessage, ApiRole, Block, ModelError, Request, StreamError, Tool,
 };
 use crate::errors::{permanent, retryable, store_error};
+use crate::heartbeat::Heartbeat;
 use crate::repo::parse_repo;
 
 /// How the chat activities behave; from the worker's configuration.
@@ -214,14 +215,13 @@ impl ChatActivities {
             return self.already_answered(&input.user, &started.message).await;
         }
         let reply_id = started.message.id.clone();
-        let heartbeat = spawn_heartbeat(ctx.clone(), self.settings.heartbeat_interval);
+        let _heartbeat = Heartbeat::start(ctx.clone(), self.settings.heartbeat_interval);
         // Temporal cancels an attempt it has given up on (timed out, say): stop streaming then,
         // rather than compete with the attempt that replaces it.
         let result = tokio::select! {
             result = self.converse(&model, &input.user, &reply_id, started.attempt, &context) => result,
             _ = ctx.cancelled() => Err(ActivityError::cancelled()),
         };
-        heartbeat.abort();
         let outcome = result?;
         let usage = Usage {
             model: self.settings.model.clone(),
@@ -809,21 +809,6 @@ fn model_error(error: ModelError) -> ActivityError {
         } => retryable(message, retry_after),
         ModelError::Permanent { message, .. } => permanent(failure_type::MODEL_REJECTED, message),
     }
-}
-
-/// Keeps a running activity's heartbeats flowing, so a dead worker is noticed within the
-/// heartbeat timeout while a live one can think for as long as the model needs.
-fn spawn_heartbeat(ctx: ActivityContext, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut beats: u64 = 0;
-        loop {
-            if let Err(error) = ctx.record_heartbeat(beats).await {
-                tracing::warn!(%error, "cannot record a heartbeat");
-            }
-            beats += 1;
-            tokio::time::sleep(every).await;
-        }
-    })
 }
 
 /// Writes streamed text into the event log: the first piece at once (it is what the user is

@@ -6,6 +6,7 @@ pub mod anthropic;
 pub mod chat;
 mod errors;
 pub mod github;
+mod heartbeat;
 pub mod jobs;
 pub mod repo;
 pub mod task_text;

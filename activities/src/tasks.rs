@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::errors::{permanent, retryable, store_error};
 use crate::github::{CiState, CommentKind, GitHub, GitHubError, IssueUpdate, PullState};
+use crate::heartbeat::Heartbeat;
 use crate::jobs::{JobError, JobLine, JobRequest, JobRunner};
 use crate::task_text::{self, LedgerEntry, PlanReply};
 
@@ -966,13 +967,12 @@ impl TaskActivities {
         let spec = self.spec(&task, &input).await?;
         let heartbeat_every =
             Duration::from_millis(self.settings.config.job_heartbeat_ms.max(10) / 3);
-        let heartbeat = spawn_heartbeat(ctx.clone(), heartbeat_every);
+        let _heartbeat = Heartbeat::start(ctx.clone(), heartbeat_every);
         // Tasks only hold a slot while a job runs, never while they wait for a person.
         let slot = tokio::select! {
             slot = self.slots.clone().acquire_owned() => slot
                 .map_err(|_| retryable("the worker is shutting down", None))?,
             _ = ctx.cancelled() => {
-                heartbeat.abort();
                 return Err(ActivityError::cancelled());
             }
         };
@@ -999,7 +999,6 @@ impl TaskActivities {
             _ = ctx.cancelled() => None,
         };
         drop(slot);
-        heartbeat.abort();
         let Some(result) = result else {
             if let Err(error) = self.runner.cancel(&task.id, &input.name).await {
                 tracing::warn!(%error, job = %input.name, "could not stop a cancelled job");
@@ -1211,19 +1210,6 @@ async fn forward_lines(
         store.append_task_logs(&user, &task_id, &job, &rows).await?;
     }
     Ok(())
-}
-
-fn spawn_heartbeat(ctx: ActivityContext, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut beats: u64 = 0;
-        loop {
-            if let Err(error) = ctx.record_heartbeat(beats).await {
-                tracing::warn!(%error, "cannot record a heartbeat");
-            }
-            beats += 1;
-            tokio::time::sleep(every).await;
-        }
-    })
 }
 
 fn github_error(error: GitHubError) -> ActivityError {
