@@ -47,8 +47,34 @@ impl ProposalRow {
     }
 }
 
-const PROPOSAL_COLUMNS: &str = "id, message_id, title, description, repo, model, skip_planning, \
+pub(crate) const PROPOSAL_COLUMNS: &str = "id, message_id, title, description, repo, model, skip_planning, \
      status, created_at, decided_at";
+
+/// Loads a proposal inside the open write transaction `$tx` for deciding on it: not found,
+/// or a conflict (after rolling back) if it was decided already.
+macro_rules! pending_proposal {
+    ($tx:expr, $user:expr, $id:expr) => {{
+        let row: Option<$crate::proposals::ProposalRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM proposals WHERE id = $1 AND user_id = $2",
+                $crate::proposals::PROPOSAL_COLUMNS
+            )))
+            .bind($id)
+            .bind($user)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        let current = row.ok_or(StoreError::NotFound)?.into_proposal()?;
+        if current.status != $crate::model::ProposalStatus::Pending {
+            $tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "the proposal is already {}",
+                current.status.as_str()
+            )));
+        }
+        current
+    }};
+}
+pub(crate) use pending_proposal;
 
 /// A proposal as the model made it. Its id is chosen by the caller so that a retried turn
 /// that makes the same tool call stores it once.
@@ -146,21 +172,7 @@ impl Store {
         let proposal = db!(self, |pool, pg| {
             let mut tx = begin_write!(pool, pg)?;
             let at = now();
-            let row: Option<ProposalRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {PROPOSAL_COLUMNS} FROM proposals WHERE id = $1 AND user_id = $2"
-            )))
-            .bind(id)
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let current = row.ok_or(StoreError::NotFound)?.into_proposal()?;
-            if current.status != ProposalStatus::Pending {
-                tx.rollback().await?;
-                return Err(StoreError::Conflict(format!(
-                    "the proposal is already {}",
-                    current.status.as_str()
-                )));
-            }
+            let current = pending_proposal!(tx, user, id);
             sqlx::query(
                 "UPDATE proposals SET status = $1, decided_at = $2 WHERE id = $3 AND user_id = $4",
             )

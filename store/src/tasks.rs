@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::events::insert_events;
 use crate::model::{NewEvent, Proposal, ProposalStatus, event_kind};
 use crate::outbox::insert_outbox;
-use crate::proposals::{ProposalRow, SIGNAL_PROPOSAL_DECISION};
+use crate::proposals::{SIGNAL_PROPOSAL_DECISION, pending_proposal};
 use crate::{Result, Store, StoreError, begin_write, db, now};
 
 /// Where a task is in its life (DESIGN §4).
@@ -435,22 +435,7 @@ impl Store {
         let result = db!(self, |pool, pg| {
             let mut tx = begin_write!(pool, pg)?;
             let at = now();
-            let row: Option<ProposalRow> = sqlx::query_as(
-                "SELECT id, message_id, title, description, repo, model, skip_planning, status, \
-                 created_at, decided_at FROM proposals WHERE id = $1 AND user_id = $2",
-            )
-            .bind(id)
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let current = row.ok_or(StoreError::NotFound)?.into_proposal()?;
-            if current.status != ProposalStatus::Pending {
-                tx.rollback().await?;
-                return Err(StoreError::Conflict(format!(
-                    "the proposal is already {}",
-                    current.status.as_str()
-                )));
-            }
+            let current = pending_proposal!(tx, user, id);
             let proposal = Proposal {
                 repo: overrides.repo.clone().unwrap_or(current.repo.clone()),
                 model: overrides.model.clone().or(current.model.clone()),
