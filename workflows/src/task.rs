@@ -543,22 +543,29 @@ async fn note(ctx: &Ctx, key: &str, text: String) {
     }
 }
 
-fn inbox_item(
-    ctx: &Ctx,
-    key: &str,
+/// Something the user should hear of: an inbox item and a line in the chat, each raised once
+/// per `key`.
+struct News {
+    key: String,
     kind: InboxKind,
     title: String,
     url: Option<String>,
-) -> NewInboxItem {
+    note: String,
+}
+
+/// Records `status` and tells the user `news`.
+async fn announce(ctx: &Ctx, status: TaskStatus, detail: &str, news: News) {
     let task_id = ctx.state(|s| s.task_id.clone());
-    NewInboxItem {
-        id: format!("{task_id}/{key}"),
-        kind,
-        title,
+    let item = NewInboxItem {
+        id: format!("{task_id}/{}", news.key),
+        kind: news.kind,
+        title: news.title,
         body: String::new(),
-        url,
-        resolved: kind == InboxKind::Done,
-    }
+        url: news.url,
+        resolved: news.kind == InboxKind::Done,
+    };
+    record(ctx, status, detail, Some(item)).await;
+    note(ctx, &news.key, news.note).await;
 }
 
 fn github_options(config: &TaskConfig) -> ActivityOptions {
@@ -919,27 +926,21 @@ async fn questions(ctx: &Ctx, config: &TaskConfig) -> Step {
     let (questions, issue) = ctx.state(|s| (s.mem.questions.clone(), s.mem.issue.clone()));
     let url = issue.as_ref().map(|i| i.url.clone());
     let round = ctx.state(|s| s.mem.plan_version + 1);
-    record(
+    announce(
         ctx,
         TaskStatus::WaitingQuestions,
         &format!("{} question(s) to answer", questions.len()),
-        Some(inbox_item(
-            ctx,
-            &format!("questions-{round}"),
-            InboxKind::Questions,
-            format!("{} question(s) before planning", questions.len()),
+        News {
+            key: format!("questions-{round}"),
+            kind: InboxKind::Questions,
+            title: format!("{} question(s) before planning", questions.len()),
             url,
-        )),
-    )
-    .await;
-    note(
-        ctx,
-        &format!("questions-{round}"),
-        format!(
-            "{} question(s) before I can plan **{}**.",
-            questions.len(),
-            ctx.state(|s| s.title.clone())
-        ),
+            note: format!(
+                "{} question(s) before I can plan **{}**.",
+                questions.len(),
+                ctx.state(|s| s.title.clone())
+            ),
+        },
     )
     .await;
     let decision = tryit!(
@@ -1010,27 +1011,21 @@ async fn plan_review(ctx: &Ctx, config: &TaskConfig) -> Step {
     let Some(issue) = issue else {
         return Step::Fail("the task has no issue".to_string());
     };
-    record(
+    announce(
         ctx,
         TaskStatus::WaitingPlanReview,
         "plan ready for review",
-        Some(inbox_item(
-            ctx,
-            &format!("plan-{version}"),
-            InboxKind::PlanReview,
-            format!("Plan ready for #{}", issue.number),
-            Some(issue.url.clone()),
-        )),
-    )
-    .await;
-    note(
-        ctx,
-        &format!("plan-{version}"),
-        format!(
-            "Plan ready for #{}: {}",
-            issue.number,
-            ctx.state(|s| s.title.clone())
-        ),
+        News {
+            key: format!("plan-{version}"),
+            kind: InboxKind::PlanReview,
+            title: format!("Plan ready for #{}", issue.number),
+            url: Some(issue.url.clone()),
+            note: format!(
+                "Plan ready for #{}: {}",
+                issue.number,
+                ctx.state(|s| s.title.clone())
+            ),
+        },
     )
     .await;
     let decision = tryit!(
@@ -1300,23 +1295,17 @@ async fn ready(ctx: &Ctx, config: &TaskConfig) -> Step {
             s.mem.review_since = s.mem.asked_at.clone();
         }
     });
-    record(
+    announce(
         ctx,
         TaskStatus::ReadyForReview,
         &format!("PR #{} ready for review", pr.number),
-        Some(inbox_item(
-            ctx,
-            &format!("ready-{round}"),
-            InboxKind::ReadyForReview,
-            format!("PR #{} ready for review", pr.number),
-            Some(pr.url.clone()),
-        )),
-    )
-    .await;
-    note(
-        ctx,
-        &format!("ready-{round}"),
-        format!("PR #{} ready for review: {}", pr.number, pr.url),
+        News {
+            key: format!("ready-{round}"),
+            kind: InboxKind::ReadyForReview,
+            title: format!("PR #{} ready for review", pr.number),
+            url: Some(pr.url.clone()),
+            note: format!("PR #{} ready for review: {}", pr.number, pr.url),
+        },
     )
     .await;
     Step::Next(Phase::Review)
@@ -1420,23 +1409,17 @@ async fn park(ctx: &Ctx, phase: Phase, error: String) -> bool {
             .map(|p| p.url.clone())
             .or_else(|| s.mem.issue.as_ref().map(|i| i.url.clone()))
     });
-    record(
+    announce(
         ctx,
         TaskStatus::Failed,
         &error,
-        Some(inbox_item(
-            ctx,
-            &key,
-            InboxKind::Failed,
-            format!("Failed: {error}"),
+        News {
+            key: key.clone(),
+            kind: InboxKind::Failed,
+            title: format!("Failed: {error}"),
             url,
-        )),
-    )
-    .await;
-    note(
-        ctx,
-        &key,
-        format!("**{}** failed: {error}", ctx.state(|s| s.title.clone())),
+            note: format!("**{}** failed: {error}", ctx.state(|s| s.title.clone())),
+        },
     )
     .await;
     loop {
@@ -1499,23 +1482,17 @@ async fn cancel(ctx: &Ctx, config: &TaskConfig, reason: &str) {
     }
     cleanup(ctx, config).await;
     ctx.state_mut(|s| s.mem.failure = None);
-    record(
+    announce(
         ctx,
         TaskStatus::Cancelled,
         reason,
-        Some(inbox_item(
-            ctx,
-            "cancelled",
-            InboxKind::Done,
-            format!("Cancelled: {reason}"),
-            None,
-        )),
-    )
-    .await;
-    note(
-        ctx,
-        "cancelled",
-        format!("**{}** was cancelled.", ctx.state(|s| s.title.clone())),
+        News {
+            key: "cancelled".to_string(),
+            kind: InboxKind::Done,
+            title: format!("Cancelled: {reason}"),
+            url: None,
+            note: format!("**{}** was cancelled.", ctx.state(|s| s.title.clone())),
+        },
     )
     .await;
 }
@@ -1533,23 +1510,17 @@ async fn finish(ctx: &Ctx, config: &TaskConfig, outcome: TaskStatus) {
         ),
         (None, _) => ("Done".to_string(), "done".to_string()),
     };
-    record(
+    announce(
         ctx,
         outcome,
         &detail,
-        Some(inbox_item(
-            ctx,
-            "done",
-            InboxKind::Done,
-            title.clone(),
-            pr.as_ref().map(|p| p.url.clone()),
-        )),
-    )
-    .await;
-    note(
-        ctx,
-        "done",
-        format!("{title}: **{}**", ctx.state(|s| s.title.clone())),
+        News {
+            key: "done".to_string(),
+            kind: InboxKind::Done,
+            title: title.clone(),
+            url: pr.as_ref().map(|p| p.url.clone()),
+            note: format!("{title}: **{}**", ctx.state(|s| s.title.clone())),
+        },
     )
     .await;
 }
