@@ -198,25 +198,29 @@ impl TaskStack {
         ))
     }
 
+    /// Waits for the model's proposal in the thread; returns its id.
+    pub async fn proposal_id(&self) -> Result<String> {
+        self.wait_for(|| async {
+            let page: Value = reqwest::get(self.stack.url("/api/messages"))
+                .await?
+                .json()
+                .await?;
+            Ok(page["messages"].as_array().and_then(|messages| {
+                messages
+                    .iter()
+                    .flat_map(|m| m["proposals"].as_array().cloned().unwrap_or_default())
+                    .find_map(|p| p["id"].as_str().map(str::to_string))
+            }))
+        })
+        .await
+    }
+
     /// Chats until the model proposes the task, confirms it, and returns the task id.
     pub async fn confirmed_task(&self, body: Value) -> Result<String> {
         self.stack
             .post("please add a greeting to acme/web", "task-1")
             .await?;
-        let proposal_id = self
-            .wait_for(|| async {
-                let page: Value = reqwest::get(self.stack.url("/api/messages"))
-                    .await?
-                    .json()
-                    .await?;
-                Ok(page["messages"].as_array().and_then(|messages| {
-                    messages
-                        .iter()
-                        .flat_map(|m| m["proposals"].as_array().cloned().unwrap_or_default())
-                        .find_map(|p| p["id"].as_str().map(str::to_string))
-                }))
-            })
-            .await?;
+        let proposal_id = self.proposal_id().await?;
         let (status, confirmed) = self
             .request(
                 "POST",
@@ -515,20 +519,7 @@ async fn a_repository_we_cannot_use_is_refused_at_confirmation() -> Result<()> {
     ts.stack
         .post("please add a greeting to acme/web", "task-1")
         .await?;
-    let proposal_id = ts
-        .wait_for(|| async {
-            let page: Value = reqwest::get(ts.stack.url("/api/messages"))
-                .await?
-                .json()
-                .await?;
-            Ok(page["messages"].as_array().and_then(|messages| {
-                messages
-                    .iter()
-                    .flat_map(|m| m["proposals"].as_array().cloned().unwrap_or_default())
-                    .find_map(|p| p["id"].as_str().map(str::to_string))
-            }))
-        })
-        .await?;
+    let proposal_id = ts.proposal_id().await?;
     let (status, body) = ts
         .request(
             "POST",
