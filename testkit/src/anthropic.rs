@@ -14,13 +14,16 @@
 //! It is used both by our own Messages client's tests and by runs of the real Claude Code CLI
 //! pointed at it with `ANTHROPIC_BASE_URL`.
 
+use crate::server::{self, Server};
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
+/// How logs and errors name this fake.
+const NAME: &str = "the fake Anthropic API";
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -28,7 +31,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The `x-api-key` the fake accepts unless told otherwise.
@@ -56,14 +58,7 @@ pub struct FakeAnthropic {
 /// its drop marks the moment no test can script or inspect the server any more.
 struct ServerHandle {
     state: Arc<FakeState>,
-    addr: SocketAddr,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.state.stop.cancel();
-    }
+    server: Server,
 }
 
 struct FakeState {
@@ -130,12 +125,7 @@ impl FakeAnthropicBuilder {
     /// # Errors
     /// If the address cannot be bound (e.g. a fixed port already in use).
     pub async fn start(self) -> anyhow::Result<FakeAnthropic> {
-        let listener = tokio::net::TcpListener::bind(self.addr)
-            .await
-            .with_context(|| format!("binding the fake Anthropic API to {}", self.addr))?;
-        let addr = listener
-            .local_addr()
-            .context("reading the fake Anthropic API's address")?;
+        let (listener, addr) = server::bind(NAME, self.addr).await?;
         let stop = CancellationToken::new();
         let (logged, _) = watch::channel(0);
         let state = Arc::new(FakeState {
@@ -154,27 +144,9 @@ impl FakeAnthropicBuilder {
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&state));
-        let task = tokio::spawn(async move {
-            // Small SSE writes must leave at once, as the real API's do.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-            });
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "the fake Anthropic API stopped with an error");
-            }
-        });
-        tracing::debug!(%addr, "fake Anthropic API listening");
+        let server = Server::serve(NAME, listener, addr, app, stop);
         Ok(FakeAnthropic {
-            handle: Arc::new(ServerHandle {
-                state,
-                addr,
-                task: Mutex::new(Some(task)),
-            }),
+            handle: Arc::new(ServerHandle { state, server }),
         })
     }
 }
@@ -201,17 +173,12 @@ impl FakeAnthropic {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.handle.addr
+        self.handle.server.addr()
     }
 
     /// `http://HOST:PORT`, without a trailing slash or `/v1`, as `ANTHROPIC_BASE_URL` expects.
     pub fn base_url(&self) -> String {
-        let mut addr = self.handle.addr;
-        // A wildcard bind is reachable on loopback; the wildcard itself is not a destination.
-        if addr.ip().is_unspecified() {
-            addr.set_ip(Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{addr}")
+        format!("http://{}", self.handle.server.addr())
     }
 
     pub fn api_key(&self) -> &str {
@@ -306,13 +273,7 @@ impl FakeAnthropic {
 
     /// Stops the server now, cutting open streams, and waits for it to close its socket.
     pub async fn shutdown(&self) {
-        self.handle.state.stop.cancel();
-        let task = lock(&self.handle.task).take();
-        if let Some(task) = task
-            && let Err(error) = task.await
-        {
-            tracing::warn!(%error, "the fake Anthropic API's server task failed");
-        }
+        self.handle.server.shutdown().await;
     }
 }
 

@@ -35,6 +35,7 @@
 //! - Server-side apply replaces the object's spec/data with the applied configuration
 //!   (correct when one field manager owns the object, as mainloop's runner does).
 
+use crate::server::{self, Server};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
@@ -45,6 +46,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// How logs and errors name this fake.
+const NAME: &str = "the fake Kubernetes API";
+
 use anyhow::Context as _;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -54,7 +58,6 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The real API server refuses request bodies above about 3 MiB.
@@ -83,15 +86,7 @@ pub struct FakeKubernetes {
 /// marks the moment no test can inspect the server any more.
 struct ServerHandle {
     state: Arc<FakeState>,
-    addr: SocketAddr,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        // Every pod's stop token is a child of this one: the kubelet kills their processes.
-        self.state.stop.cancel();
-    }
+    server: Server,
 }
 
 struct FakeState {
@@ -241,12 +236,7 @@ impl FakeKubernetesBuilder {
     /// # Errors
     /// If the address cannot be bound.
     pub async fn start(self) -> anyhow::Result<FakeKubernetes> {
-        let listener = tokio::net::TcpListener::bind(self.addr)
-            .await
-            .with_context(|| format!("binding the fake Kubernetes API to {}", self.addr))?;
-        let addr = listener
-            .local_addr()
-            .context("reading the fake Kubernetes API's address")?;
+        let (listener, addr) = server::bind(NAME, self.addr).await?;
         let stop = CancellationToken::new();
         let (changed, _) = watch::channel(0);
         let state = Arc::new(FakeState {
@@ -260,21 +250,9 @@ impl FakeKubernetesBuilder {
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&state));
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "the fake Kubernetes API stopped with an error");
-            }
-        });
-        tracing::debug!(%addr, "fake Kubernetes API listening");
+        let server = Server::serve(NAME, listener, addr, app, stop);
         Ok(FakeKubernetes {
-            handle: Arc::new(ServerHandle {
-                state,
-                addr,
-                task: Mutex::new(Some(task)),
-            }),
+            handle: Arc::new(ServerHandle { state, server }),
         })
     }
 }
@@ -294,16 +272,12 @@ impl FakeKubernetes {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.handle.addr
+        self.handle.server.addr()
     }
 
     /// `http://HOST:PORT`, the cluster URL for `kube::Config::new`.
     pub fn base_url(&self) -> String {
-        let mut addr = self.handle.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{addr}")
+        format!("http://{}", self.handle.server.addr())
     }
 
     /// Stored objects of `kind` in `namespace`, ordered by name. `kind` is the resource
@@ -474,13 +448,7 @@ impl FakeKubernetes {
     /// Stops the server now, killing every pod's process, and waits for it to close its
     /// socket.
     pub async fn shutdown(&self) {
-        self.handle.state.stop.cancel();
-        let task = lock(&self.handle.task).take();
-        if let Some(task) = task
-            && let Err(error) = task.await
-        {
-            tracing::warn!(%error, "the fake Kubernetes API's server task failed");
-        }
+        self.handle.server.shutdown().await;
     }
 }
 

@@ -12,5 +12,6 @@ pub mod kubernetes;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+mod server;
 pub mod sse;
 pub mod temporal;

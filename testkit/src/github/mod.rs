@@ -27,15 +27,18 @@ mod rest;
 mod state;
 mod view;
 
+use crate::server::{self, Server};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// How logs and errors name this fake.
+const NAME: &str = "the fake GitHub";
 
 use anyhow::{Context as _, bail};
 use axum::Router;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use model::{
@@ -60,14 +63,7 @@ pub struct FakeGitHub {
 /// server any more.
 struct ServerHandle {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.shared.stop.cancel();
-    }
+    server: Server,
 }
 
 /// Configures a [`FakeGitHub`] before it starts.
@@ -130,16 +126,7 @@ impl FakeGitHubBuilder {
         for path in [&git_root, &git_home, &scratch] {
             tokio::fs::create_dir_all(path).await?;
         }
-        let listener = tokio::net::TcpListener::bind(self.addr)
-            .await
-            .with_context(|| format!("binding the fake GitHub to {}", self.addr))?;
-        let mut addr = listener
-            .local_addr()
-            .context("reading the fake GitHub's address")?;
-        // A wildcard bind is reachable on loopback; the wildcard itself is not a destination.
-        if addr.ip().is_unspecified() {
-            addr.set_ip(Ipv4Addr::LOCALHOST.into());
-        }
+        let (listener, addr) = server::bind(NAME, self.addr).await?;
         let token = self.bot_token.unwrap_or_else(new_token);
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -147,7 +134,6 @@ impl FakeGitHubBuilder {
             git_root,
             git_home,
             scratch,
-            stop: stop.clone(),
             state: std::sync::Mutex::new(State::new(&self.bot_login, &token)),
             changed: Notify::new(),
             _dir: dir,
@@ -155,21 +141,9 @@ impl FakeGitHubBuilder {
         let app = Router::new()
             .fallback(rest::handle)
             .with_state(Arc::clone(&shared));
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "the fake GitHub stopped with an error");
-            }
-        });
-        tracing::debug!(%addr, "fake GitHub listening");
+        let server = Server::serve(NAME, listener, addr, app, stop);
         Ok(FakeGitHub {
-            handle: Arc::new(ServerHandle {
-                shared,
-                addr,
-                task: Mutex::new(Some(task)),
-            }),
+            handle: Arc::new(ServerHandle { shared, server }),
         })
     }
 }
@@ -203,7 +177,7 @@ impl FakeGitHub {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.handle.addr
+        self.handle.server.addr()
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash: the REST/GraphQL base (octocrab's
@@ -340,18 +314,7 @@ impl FakeGitHub {
 
     /// Stops the server now and waits for it to close its socket.
     pub async fn shutdown(&self) {
-        self.shared().stop.cancel();
-        let task = self
-            .handle
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task
-            && let Err(error) = task.await
-        {
-            tracing::warn!(%error, "the fake GitHub's server task failed");
-        }
+        self.handle.server.shutdown().await;
     }
 }
 

@@ -14,7 +14,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::model::{CiSetup, GraphqlCall, IssueState, Permission, ReviewState};
 
@@ -28,7 +27,6 @@ pub(crate) struct Shared {
     pub git_home: PathBuf,
     /// Scratch space for clones the fake makes itself (initial commits, merges).
     pub scratch: PathBuf,
-    pub stop: CancellationToken,
     pub state: Mutex<State>,
     /// Woken (all waiters) after every change to `state`.
     pub changed: Notify,
