@@ -224,6 +224,14 @@ pub async fn run_worker(
         }
     };
     let settings = chat_settings(chat);
+    if parts
+        .github
+        .github_token
+        .as_deref()
+        .is_none_or(|t| t.trim().is_empty())
+    {
+        tracing::warn!("GITHUB_TOKEN is not set: worker tasks will fail until it is");
+    }
     worker::run(
         client,
         WorkerSettings {
@@ -294,9 +302,6 @@ pub fn github_client(args: &GitHubArgs) -> Result<GitHub> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_string);
-    if token.is_none() {
-        tracing::warn!("GITHUB_TOKEN is not set: tasks cannot use GitHub");
-    }
     GitHub::new(GitHubSettings {
         api_url: args.github_api_url.clone(),
         token,
