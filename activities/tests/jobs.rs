@@ -443,6 +443,37 @@ async fn local_cancel_kills_the_process_group() {
         .expect("cancelling nothing is fine");
 }
 
+/// Claude Code runs each Bash command in a session of its own; cancelling the job must stop
+/// such a command too, not only the job's process group.
+#[tokio::test]
+async fn local_cancel_kills_commands_that_left_the_process_group() {
+    let script = [
+        r#"setsid sleep 30 & echo $! > "$CHILD_PID""#.to_owned(),
+        echo_log(LogSource::Agent, "working"),
+        "wait".to_owned(),
+    ]
+    .join("\n");
+    let local = Local::new(&script);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let runner = local.runner.clone();
+    let running =
+        tokio::spawn(async move { runner.run(&request("task-0123abcd-impl-1", WAIT), tx).await });
+    assert_eq!(next_line(&mut rx).await.text, "working");
+    let child = read_pid(&local.path("child.pid")).await;
+
+    local
+        .runner
+        .cancel(TASK, "task-0123abcd-impl-1")
+        .await
+        .expect("cancels");
+    tokio::time::timeout(WAIT, running)
+        .await
+        .expect("the follower ends")
+        .expect("the task runs")
+        .expect_err("no result");
+    wait_gone(child).await;
+}
+
 #[tokio::test]
 async fn local_cleanup_kills_the_task_jobs_and_removes_their_directory() {
     let script = [

@@ -570,19 +570,84 @@ fn stderr_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
 }
 
-/// SIGTERM to the job's process group, SIGKILL after `grace`, then waits for its leader to go.
+/// SIGTERM to the job's process tree, SIGKILL after `grace`, then waits for its leader to go.
+///
+/// The process group alone is not enough: Claude Code starts each Bash command in a session
+/// of its own, so a command it runs would outlive a group kill (and keep running, say, a
+/// test suite after the task was cancelled). The tree is read from `/proc` before anything
+/// is signalled, while every member still descends from the leader.
 async fn kill_group(record: &JobRecord, grace: Duration, poll: Duration) -> Result<(), JobError> {
+    let mut tree = descendants(record.pid);
     signal_group(record.pid, "TERM").await?;
+    signal_processes(&tree, "TERM").await?;
     let deadline = Instant::now() + grace;
     while record.alive() && Instant::now() < deadline {
         tokio::time::sleep(poll).await;
     }
     // Also for members that outlived their leader or ignore SIGTERM. The leader was ours a
-    // moment ago, so its pid cannot have been reused as another group's id yet.
+    // moment ago, so its pid cannot have been reused as another group's id yet; the others
+    // are checked against their start time.
+    for process in descendants(record.pid) {
+        if !tree.contains(&process) {
+            tree.push(process);
+        }
+    }
+    tree.retain(|(pid, start_time)| proc_stat(*pid).is_some_and(|(_, t)| t == *start_time));
     signal_group(record.pid, "KILL").await?;
+    signal_processes(&tree, "KILL").await?;
     let deadline = Instant::now() + KILL_WAIT;
     while record.alive() && Instant::now() < deadline {
         tokio::time::sleep(poll).await;
+    }
+    Ok(())
+}
+
+/// Every process below `root` as (pid, start time), from the parent links in `/proc`.
+fn descendants(root: u32) -> Vec<(u32, u64)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let processes: Vec<(u32, u32, u64)> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (parent, start_time) = parent_and_start(&stat)?;
+            Some((pid, parent, start_time))
+        })
+        .collect();
+    let mut found: Vec<(u32, u64)> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, _, start_time) in processes.iter().filter(|(_, p, _)| *p == parent) {
+            if !found.iter().any(|(known, _)| known == pid) {
+                found.push((*pid, *start_time));
+                frontier.push(*pid);
+            }
+        }
+    }
+    found
+}
+
+/// Sends `signal` to each process; one already gone is fine.
+async fn signal_processes(processes: &[(u32, u64)], signal: &str) -> Result<(), JobError> {
+    if processes.is_empty() {
+        return Ok(());
+    }
+    let status = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"signal="$1"; shift; kill -s "$signal" "$@" 2>/dev/null"#)
+        .arg("mainloop-kill")
+        .arg(signal)
+        .args(processes.iter().map(|(pid, _)| pid.to_string()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map_err(|error| JobError::Retryable(format!("cannot run kill: {error}")))?;
+    if !status.success() {
+        tracing::debug!(signal, "some of the job's processes were already gone");
     }
     Ok(())
 }
@@ -611,12 +676,24 @@ async fn signal_group(pgid: u32, signal: &str) -> Result<(), JobError> {
 /// The state and start time (fields 3 and 22) of `/proc/{pid}/stat`.
 fn proc_stat(pid: u32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses; fields after it may not.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
+    let mut fields = stat_fields(&stat)?;
     let state = fields.next()?.chars().next()?;
     let start_time = fields.nth(18)?.parse().ok()?;
     Some((state, start_time))
+}
+
+/// The parent pid and start time (fields 4 and 22) of a `/proc/{pid}/stat` text.
+fn parent_and_start(stat: &str) -> Option<(u32, u64)> {
+    let mut fields = stat_fields(stat)?;
+    let parent = fields.nth(1)?.parse().ok()?;
+    let start_time = fields.nth(17)?.parse().ok()?;
+    Some((parent, start_time))
+}
+
+/// The fields of a `/proc/{pid}/stat` text from the third (the state) on.
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    // The command name (field 2) may hold spaces and parentheses; fields after it may not.
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
 }
 
 fn io_error(what: &str, path: &Path, error: &std::io::Error) -> JobError {
@@ -641,6 +718,36 @@ mod tests {
         assert!(matches!(state, 'R' | 'S' | 'D'), "{state}");
         assert!(start_time > 0);
         assert_eq!(proc_stat(u32::MAX), None);
+    }
+
+    #[test]
+    fn the_process_tree_is_read_from_proc() {
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        // The grandchild appears once the shell has forked it; only /proc can say when.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let tree = loop {
+            let tree = descendants(pid);
+            if !tree.is_empty() || std::time::Instant::now() > deadline {
+                break tree;
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(tree.len(), 1, "{tree:?}");
+        let (parent, start_time) =
+            parent_and_start(&fs::read_to_string(format!("/proc/{}/stat", tree[0].0)).unwrap())
+                .unwrap();
+        assert_eq!(parent, pid);
+        assert_eq!(start_time, tree[0].1);
+        child.kill().unwrap();
+        std::process::Command::new("kill")
+            .args(["-9", &tree[0].0.to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
