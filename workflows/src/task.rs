@@ -647,6 +647,16 @@ async fn job(
     context_key: Option<String>,
 ) -> Result<JobOutput, Step> {
     let mut last_error = String::new();
+    // The run's id is in the job's name: a retried activity of this run finds its job again
+    // (the job outlives a worker crash), while a run made by `temporal workflow reset` does
+    // the work anew instead of re-reading the result of a job the old run started.
+    let run8: String = ctx
+        .run_id()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_lowercase();
     for _ in 0..config.job_attempts.max(1) {
         let input = ctx.state_mut(|s| {
             s.mem.jobs += 1;
@@ -662,7 +672,7 @@ async fn job(
                     task_id: s.task_id.clone(),
                 },
                 name: format!(
-                    "t-{}-{:02}-{}",
+                    "t-{}-{run8}-{:02}-{}",
                     id8.to_lowercase(),
                     s.mem.jobs,
                     mode.as_str()
