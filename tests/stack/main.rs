@@ -7,4 +7,6 @@ mod faults;
 mod harness;
 mod histories;
 mod long_thread;
+mod task_humans;
+mod task_recovery;
 mod tasks;

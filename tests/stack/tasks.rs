@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::harness::{Stack, USER};
 
-const REPO: &str = "acme/web";
-const TASK_WAIT: Duration = Duration::from_secs(120);
+pub const REPO: &str = "acme/web";
+pub const TASK_WAIT: Duration = Duration::from_secs(120);
 
 /// The Claude Code CLI the tests run: `MAINLOOP_CLAUDE_BIN`, else the one `scripts/setup`
 /// installs, else `claude` on PATH.
@@ -48,7 +48,7 @@ fn agent_bin() -> Result<PathBuf> {
 }
 
 /// The text of the first user message: the prompt the agent gave the CLI.
-fn prompt(request: &RecordedRequest) -> String {
+pub fn prompt(request: &RecordedRequest) -> String {
     request
         .messages()
         .first()
@@ -65,7 +65,7 @@ fn prompt(request: &RecordedRequest) -> String {
 }
 
 /// Whether the model is being told the result of the tool it called.
-fn after_tool(request: &RecordedRequest) -> bool {
+pub fn after_tool(request: &RecordedRequest) -> bool {
     request
         .messages()
         .last()
@@ -73,9 +73,44 @@ fn after_tool(request: &RecordedRequest) -> bool {
         .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"))
 }
 
+/// Which job a worker agent's prompt is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Plan,
+    Implement,
+    Fix,
+    Feedback,
+}
+
+/// The job a request comes from, when it comes from the worker agent's first call.
+pub fn job_kind(request: &RecordedRequest) -> Option<JobKind> {
+    if request.tool_names().iter().any(|t| t == "propose_task") || after_tool(request) {
+        return None;
+    }
+    let text = prompt(request);
+    Some(if text.contains("Implement the approved plan") {
+        JobKind::Implement
+    } else if text.contains("Failed CI checks") {
+        JobKind::Fix
+    } else if text.contains("Review feedback to address") {
+        JobKind::Feedback
+    } else {
+        JobKind::Plan
+    })
+}
+
+/// A reply that runs `command` with the Bash tool in the clone.
+pub fn bash(command: &str) -> Reply {
+    Reply::tool_use(
+        "Bash",
+        json!({ "command": command, "description": "Edit the code" }),
+    )
+    .with_usage(200, 40)
+}
+
 /// A model that proposes one task in the chat, and as the worker agent plans, implements,
 /// fixes and addresses feedback by appending to files in the clone.
-fn scripted_model(request: &RecordedRequest) -> Reply {
+pub fn scripted_model(request: &RecordedRequest) -> Reply {
     if request.tool_names().iter().any(|t| t == "propose_task") {
         if after_tool(request) {
             return Reply::text("I proposed it: confirm to start.");
@@ -94,29 +129,19 @@ fn scripted_model(request: &RecordedRequest) -> Reply {
         return Reply::text("Done: the change is in place.").with_usage(50, 10);
     }
     let text = prompt(request);
-    let work = |line: &str, file: &str| {
-        Reply::tool_use(
-            "Bash",
-            json!({
-                "command": format!("printf '{line}\\n' >> {file}"),
-                "description": "Edit the code",
-            }),
-        )
-        .with_usage(200, 40)
-    };
-    if text.contains("Implement the approved plan") {
-        work("pub fn greet() {}", "src/greet.rs")
-    } else if text.contains("Failed CI checks") {
-        work("// fixed", "src/greet.rs")
-    } else if text.contains("Review feedback to address") {
-        work("// review addressed", "src/greet.rs")
-    } else {
-        let plan = if text.contains("Changes the user asked for") {
-            "1. Add greet() in src/greet.rs\n2. Use CSS variables\n3. Test it"
-        } else {
-            "1. Add greet() in src/greet.rs\n2. Test it"
-        };
-        Reply::tool_use("ExitPlanMode", json!({ "plan": plan })).with_usage(300, 60)
+    let work = |line: &str| bash(&format!("printf '{line}\\n' >> src/greet.rs"));
+    match job_kind(request) {
+        Some(JobKind::Implement) => work("pub fn greet() {}"),
+        Some(JobKind::Fix) => work("// fixed"),
+        Some(JobKind::Feedback) => work("// review addressed"),
+        _ => {
+            let plan = if text.contains("Changes the user asked for") {
+                "1. Add greet() in src/greet.rs\n2. Use CSS variables\n3. Test it"
+            } else {
+                "1. Add greet() in src/greet.rs\n2. Test it"
+            };
+            Reply::tool_use("ExitPlanMode", json!({ "plan": plan })).with_usage(300, 60)
+        }
     }
 }
 
@@ -305,7 +330,7 @@ impl TaskStack {
     }
 }
 
-async fn approve_plan(ts: &TaskStack, id: &str) -> Result<()> {
+pub async fn approve_plan(ts: &TaskStack, id: &str) -> Result<()> {
     ts.wait_status(id, TaskStatus::WaitingPlanReview).await?;
     let (status, body) = ts
         .request(

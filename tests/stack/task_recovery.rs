@@ -1,0 +1,241 @@
+//! Worker tasks that survive what happens to them: the worker killed mid-job, a failed task
+//! retried or reset by an operator with the `temporal` CLI, and a review that asks for changes
+//! after the PR was ready.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use mainloop_store::TaskStatus;
+use mainloop_testkit::github::{CiScript, Permission, ReviewState};
+use serde_json::json;
+
+use crate::tasks::{
+    JobKind, REPO, TaskStack, approve_plan, bash, job_kind, prompt, scripted_model,
+};
+
+/// No comment body appears twice on the issue or on the PR.
+fn assert_no_duplicate_comments(ts: &TaskStack, numbers: &[u64]) {
+    for number in numbers {
+        let bodies: Vec<String> = ts
+            .github
+            .comments(REPO, *number)
+            .into_iter()
+            .map(|c| c.body)
+            .collect();
+        let mut unique = bodies.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            bodies.len(),
+            "duplicated comments: {bodies:#?}"
+        );
+    }
+}
+
+/// Issues that are not PRs.
+fn plain_issues(ts: &TaskStack) -> usize {
+    let pulls: Vec<u64> = ts.github.pulls(REPO).iter().map(|p| p.number).collect();
+    ts.github
+        .issues(REPO)
+        .iter()
+        .filter(|i| !pulls.contains(&i.number))
+        .count()
+}
+
+/// Polls for a file the job's command writes (only the file system can say), up to a minute.
+async fn wait_for_file(path: &Path) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    while !path.exists() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("timed out waiting for {}", path.display());
+        }
+        tick.tick().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_job_still_finishes_with_one_issue_one_pr_and_no_duplicates()
+-> Result<()> {
+    let mut ts = TaskStack::start().await?;
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    let gate = tempfile::tempdir()?;
+    let started = gate.path().join("started");
+    let go = gate.path().join("go");
+    // The implementation job notes that it ran, then holds until the test lets it go.
+    let command = format!(
+        "echo ran >> {started}; while [ ! -f {go} ]; do sleep 0.05; done; \
+         printf 'pub fn greet() {{}}\\n' >> src/greet.rs",
+        started = started.display(),
+        go = go.display()
+    );
+    ts.stack.anthropic.set_default(move |request| {
+        if job_kind(request) == Some(JobKind::Implement) {
+            return bash(&command);
+        }
+        scripted_model(request)
+    });
+    let id = ts.confirmed_task(json!({})).await?;
+    approve_plan(&ts, &id).await?;
+    wait_for_file(&started).await?;
+
+    ts.stack.kill_worker().await?;
+    std::fs::write(&go, "")?;
+    ts.stack.start_worker().await?;
+
+    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    // The job outlived the worker and was picked up again, not started a second time.
+    assert_eq!(std::fs::read_to_string(&started)?.lines().count(), 1);
+    assert_eq!(ts.runs(&id, "implement").await?, 1);
+    assert_eq!(plain_issues(&ts), 1);
+    assert_eq!(ts.github.pulls(REPO).len(), 1);
+    let issue = task.issue_number.context("issue")? as u64;
+    let pr = task.pr_number.context("PR")? as u64;
+    assert_no_duplicate_comments(&ts, &[issue, pr]);
+    let commits = ts
+        .github
+        .commits(REPO, &task.branch.context("branch")?)
+        .await?;
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    Ok(())
+}
+
+/// A task whose CI never passes, failed after one fix.
+async fn failed_task(ts: &TaskStack) -> Result<String> {
+    ts.github.set_ci(REPO, CiScript::NeverPass)?;
+    let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
+    ts.wait_status(&id, TaskStatus::Failed).await?;
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    Ok(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_task_retried_with_temporal_workflow_signal_resumes() -> Result<()> {
+    let ts = TaskStack::start_with(&[("MAINLOOP_MAX_CI_FIXES", "1")]).await?;
+    let id = failed_task(&ts).await?;
+    let failed = ts.task(&id).await?;
+    let issues = plain_issues(&ts);
+    let workflow = format!("task/{id}");
+    ts.stack
+        .temporal
+        .cli(&[
+            "workflow",
+            "signal",
+            "-w",
+            &workflow,
+            "--name",
+            "retry",
+            "--input",
+            r#"{"id": "operator-retry-1"}"#,
+        ])
+        .await?;
+    ts.wait_for(|| async { Ok((ts.task(&id).await?.status != TaskStatus::Failed).then_some(())) })
+        .await?;
+    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    assert_eq!(task.pr_number, failed.pr_number);
+    assert_eq!(ts.github.pulls(REPO).len(), 1);
+    assert_eq!(plain_issues(&ts), issues);
+    assert_eq!(ts.runs(&id, "implement").await?, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_task_reset_with_temporal_workflow_reset_resumes() -> Result<()> {
+    let ts = TaskStack::start_with(&[("MAINLOOP_MAX_CI_FIXES", "1")]).await?;
+    let id = failed_task(&ts).await?;
+    let failed = ts.task(&id).await?;
+    let workflow = format!("task/{id}");
+    ts.stack
+        .temporal
+        .cli(&[
+            "workflow",
+            "reset",
+            "-w",
+            &workflow,
+            "--type",
+            "FirstWorkflowTask",
+            "--reason",
+            "start over now that CI is fixed",
+        ])
+        .await?;
+    ts.wait_for(|| async { Ok((ts.task(&id).await?.status != TaskStatus::Failed).then_some(())) })
+        .await?;
+    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    // Everything the first run made is found again, not made twice.
+    assert_eq!(task.pr_number, failed.pr_number);
+    assert_eq!(task.issue_number, failed.issue_number);
+    assert_eq!(ts.github.pulls(REPO).len(), 1);
+    assert_eq!(plain_issues(&ts), 0);
+    let pr = task.pr_number.context("PR")? as u64;
+    assert_no_duplicate_comments(&ts, &[pr]);
+    // The reset run did the work anew (a job of the old run is not taken for one of the new),
+    // and its commit passed.
+    assert_eq!(ts.runs(&id, "implement").await?, 2);
+    assert_eq!(ts.runs(&id, "fix").await?, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_requested_in_a_review_lead_to_a_feedback_job_and_ready_again() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    ts.github.add_user("maria");
+    ts.github
+        .add_collaborator(REPO, "maria", Permission::Write)?;
+    let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
+    let ready = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    let pr = ready.pr_number.context("PR")? as u64;
+    let branch = ready.branch.context("branch")?;
+    let before = ts.github.commits(REPO, &branch).await?.len();
+
+    ts.github
+        .submit_review(
+            "maria",
+            REPO,
+            pr,
+            ReviewState::ChangesRequested,
+            "Please call it hello()",
+            vec![("src/greet.rs", 1, "rename this one")],
+        )
+        .await?;
+    let task = ts
+        .wait_for(|| async {
+            let task = ts.task(&id).await?;
+            Ok(
+                (task.status == TaskStatus::ReadyForReview && ts.runs(&id, "feedback").await? == 1)
+                    .then_some(task),
+            )
+        })
+        .await?;
+    assert_eq!(task.pr_number, ready.pr_number);
+    assert_eq!(ts.github.commits(REPO, &branch).await?.len(), before + 1);
+    let feedback: Vec<String> = ts
+        .stack
+        .anthropic
+        .requests()
+        .iter()
+        .filter(|r| job_kind(r) == Some(JobKind::Feedback))
+        .map(prompt)
+        .collect();
+    assert_eq!(feedback.len(), 1);
+    assert!(
+        feedback[0].contains("Please call it hello()") && feedback[0].contains("rename this one"),
+        "{}",
+        feedback[0]
+    );
+    // The inline comment was acknowledged on GitHub.
+    assert!(
+        ts.github
+            .requests()
+            .iter()
+            .any(|(method, path, status)| method == "POST"
+                && path.contains("/pulls/comments/")
+                && path.ends_with("/reactions")
+                && *status < 300),
+        "no reaction on the review comment"
+    );
+    assert!(!ts.github.pull(REPO, pr).context("PR")?.draft);
+    Ok(())
+}
