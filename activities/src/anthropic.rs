@@ -10,6 +10,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::pricing::Tokens;
+
 /// The API version this client speaks.
 const API_VERSION: &str = "2023-06-01";
 
@@ -86,11 +88,41 @@ pub struct Tool {
 pub struct Completion {
     pub content: Vec<Block>,
     pub stop_reason: Option<String>,
+    /// Uncached input tokens.
     pub input_tokens: i64,
     pub output_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub cache_read_tokens: i64,
 }
 
 impl Completion {
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            input: self.input_tokens,
+            output: self.output_tokens,
+            cache_write: self.cache_write_tokens,
+            cache_read: self.cache_read_tokens,
+        }
+    }
+
+    /// Takes the token counts of a `usage` object; counts it lacks stay as they were (the
+    /// stream reports some at its start and the rest at its end).
+    fn read_usage(&mut self, usage: &Value) {
+        let read = |field: &str| usage.get(field).and_then(Value::as_i64);
+        if let Some(n) = read("input_tokens") {
+            self.input_tokens = n;
+        }
+        if let Some(n) = read("output_tokens") {
+            self.output_tokens = n;
+        }
+        if let Some(n) = read("cache_creation_input_tokens") {
+            self.cache_write_tokens = n;
+        }
+        if let Some(n) = read("cache_read_input_tokens") {
+            self.cache_read_tokens = n;
+        }
+    }
+
     pub fn text(&self) -> String {
         self.content
             .iter()
@@ -193,15 +225,16 @@ impl AnthropicClient {
             .get("content")
             .and_then(|c| serde_json::from_value(c.clone()).ok())
             .ok_or_else(|| ModelError::retryable("the model's reply had no readable content"))?;
-        Ok(Completion {
+        let mut completion = Completion {
             content,
             stop_reason: body
                 .get("stop_reason")
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            input_tokens: body["usage"]["input_tokens"].as_i64().unwrap_or(0),
-            output_tokens: body["usage"]["output_tokens"].as_i64().unwrap_or(0),
-        })
+            ..Completion::default()
+        };
+        completion.read_usage(&body["usage"]);
+        Ok(completion)
     }
 
     /// Sends `request` with streaming, handing each piece of text to `on_text` as it arrives
@@ -247,14 +280,7 @@ impl AnthropicClient {
                 }
             };
             match event.event.as_str() {
-                "message_start" => {
-                    completion.input_tokens = data["message"]["usage"]["input_tokens"]
-                        .as_i64()
-                        .unwrap_or(0);
-                    completion.output_tokens = data["message"]["usage"]["output_tokens"]
-                        .as_i64()
-                        .unwrap_or(0);
-                }
+                "message_start" => completion.read_usage(&data["message"]["usage"]),
                 "content_block_start" => {
                     let block = &data["content_block"];
                     partial.push(match block["type"].as_str() {
@@ -289,9 +315,7 @@ impl AnthropicClient {
                     if let Some(reason) = data["delta"]["stop_reason"].as_str() {
                         completion.stop_reason = Some(reason.to_string());
                     }
-                    if let Some(output) = data["usage"]["output_tokens"].as_i64() {
-                        completion.output_tokens = output;
-                    }
+                    completion.read_usage(&data["usage"]);
                 }
                 "message_stop" => break,
                 "error" => {

@@ -24,6 +24,7 @@ use crate::anthropic::{
 };
 use crate::errors::{permanent, retryable, store_error};
 use crate::heartbeat::Heartbeat;
+use crate::pricing::{self, Tokens};
 use crate::repo::parse_repo;
 
 /// How the chat activities behave; from the worker's configuration.
@@ -225,8 +226,10 @@ impl ChatActivities {
         let outcome = result?;
         let usage = Usage {
             model: self.settings.model.clone(),
-            input_tokens: outcome.input_tokens,
-            output_tokens: outcome.output_tokens,
+            input_tokens: outcome.tokens.input,
+            output_tokens: outcome.tokens.output,
+            cache_tokens: outcome.tokens.cache(),
+            cost_usd: pricing::cost_usd(&self.settings.model, outcome.tokens),
         };
         self.store
             .finish_reply(
@@ -243,8 +246,8 @@ impl ChatActivities {
             reply_id,
             already_answered: false,
             proposal_ids: outcome.proposals.into_iter().map(|p| p.id).collect(),
-            input_tokens: outcome.input_tokens,
-            output_tokens: outcome.output_tokens,
+            input_tokens: outcome.tokens.input,
+            output_tokens: outcome.tokens.output,
             unsummarized: self.unsummarized(&input.user).await?,
         })
     }
@@ -401,8 +404,7 @@ impl ChatActivities {
 struct Outcome {
     text: String,
     proposals: Vec<Proposal>,
-    input_tokens: i64,
-    output_tokens: i64,
+    tokens: Tokens,
 }
 
 impl ChatActivities {
@@ -452,8 +454,7 @@ impl ChatActivities {
         );
         let mut text = String::new();
         let mut proposals = Vec::new();
-        let mut input_tokens = 0;
-        let mut output_tokens = 0;
+        let mut tokens = Tokens::default();
         let mut result = Ok(());
         for _ in 0..self.settings.max_model_calls {
             let request = Request {
@@ -491,8 +492,7 @@ impl ChatActivities {
                     break;
                 }
             };
-            input_tokens += completion.input_tokens;
-            output_tokens += completion.output_tokens;
+            tokens.add(completion.tokens());
             let tool_uses: Vec<(String, String, Value)> = completion
                 .content
                 .iter()
@@ -559,8 +559,7 @@ impl ChatActivities {
         Ok(Outcome {
             text,
             proposals,
-            input_tokens,
-            output_tokens,
+            tokens,
         })
     }
 

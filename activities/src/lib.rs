@@ -1,5 +1,5 @@
 //! mainloop's Temporal activities: everything that touches the outside world on a workflow's
-//! behalf (the model, the store; GitHub and jobs later). Activities run at least once, so
+//! behalf (the model, the store, GitHub, worker jobs). Activities run at least once, so
 //! each is idempotent; failures are classified as retryable or permanent in `errors`.
 
 pub mod anthropic;
@@ -8,6 +8,7 @@ mod errors;
 pub mod github;
 mod heartbeat;
 pub mod jobs;
+pub mod pricing;
 pub mod repo;
 pub mod task_text;
 pub mod tasks;

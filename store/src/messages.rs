@@ -16,7 +16,7 @@ use crate::{Result, Store, StoreError, begin_write, db, now};
 pub const SIGNAL_MESSAGE: &str = "message";
 
 const MESSAGE_COLUMNS: &str = "seq, id, role, kind, content, status, reply_to, model, \
-     input_tokens, output_tokens, created_at, completed_at";
+     input_tokens, output_tokens, cache_tokens, cost_usd, created_at, completed_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct MessageRow {
@@ -30,6 +30,8 @@ pub(crate) struct MessageRow {
     model: Option<String>,
     input_tokens: Option<i64>,
     output_tokens: Option<i64>,
+    cache_tokens: Option<i64>,
+    cost_usd: Option<f64>,
     created_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
 }
@@ -57,6 +59,8 @@ impl MessageRow {
                 model,
                 input_tokens,
                 output_tokens,
+                cache_tokens: self.cache_tokens.unwrap_or(0),
+                cost_usd: self.cost_usd,
             }),
             _ => None,
         };
@@ -413,7 +417,8 @@ impl Store {
         let mut history: Vec<MessageRow> = db!(self, |pool, pg| {
             sqlx::query_as(
                 "SELECT m.seq, m.id, m.role, m.kind, m.content, m.status, m.reply_to, \
-                 m.model, m.input_tokens, m.output_tokens, m.created_at, m.completed_at \
+                 m.model, m.input_tokens, m.output_tokens, m.cache_tokens, m.cost_usd, \
+                 m.created_at, m.completed_at \
                  FROM messages m LEFT JOIN messages q ON q.id = m.reply_to \
                  WHERE m.user_id = $1 AND m.seq > $2 AND m.status = 'complete' \
                  AND COALESCE(q.seq, m.seq) < $3 \
@@ -564,9 +569,10 @@ impl Store {
             let mut tx = begin_write!(pool, pg)?;
             let updated = sqlx::query(
                 "UPDATE messages SET kind = $1, content = $2, status = 'complete', \
-                 completed_at = $3, model = $4, input_tokens = $5, output_tokens = $6 \
-                 WHERE id = $7 AND user_id = $8 AND status = 'streaming' \
-                 AND ($9 IS NULL OR attempt = $9)",
+                 completed_at = $3, model = $4, input_tokens = $5, output_tokens = $6, \
+                 cache_tokens = $7, cost_usd = $8 \
+                 WHERE id = $9 AND user_id = $10 AND status = 'streaming' \
+                 AND ($11 IS NULL OR attempt = $11)",
             )
             .bind(kind_str(kind))
             .bind(content)
@@ -574,6 +580,8 @@ impl Store {
             .bind(usage.map(|u| u.model.clone()))
             .bind(usage.map(|u| u.input_tokens))
             .bind(usage.map(|u| u.output_tokens))
+            .bind(usage.map(|u| u.cache_tokens))
+            .bind(usage.and_then(|u| u.cost_usd))
             .bind(message_id)
             .bind(user)
             .bind(attempt)

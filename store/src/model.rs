@@ -29,12 +29,20 @@ pub enum MessageStatus {
     Complete,
 }
 
-/// Tokens the model reported for one chat turn.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// Tokens the model reported for one chat turn, and what they cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     pub model: String,
+    /// Uncached input tokens.
     pub input_tokens: i64,
     pub output_tokens: i64,
+    /// Prompt-cache writes and reads.
+    #[serde(default)]
+    pub cache_tokens: i64,
+    /// In US dollars at the model's list price (as the CLI reports it for a subscription
+    /// turn); absent for a model whose price is unknown.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

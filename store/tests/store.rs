@@ -220,6 +220,8 @@ async fn a_reply_is_created_once_and_completed_once(store: &Store) -> Result<()>
         model: "claude-test".into(),
         input_tokens: 12,
         output_tokens: 3,
+        cache_tokens: 40,
+        cost_usd: Some(0.0125),
     };
     let done = store
         .finish_reply(

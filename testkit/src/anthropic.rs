@@ -333,6 +333,8 @@ pub struct Reply {
     first_token_delay: Option<Duration>,
     token_delay: Option<Duration>,
     usage: Option<(u64, u64)>,
+    /// Prompt-cache writes and reads.
+    cache: (u64, u64),
     headers: Vec<(String, String)>,
 }
 
@@ -380,6 +382,7 @@ impl Reply {
             first_token_delay: None,
             token_delay: None,
             usage: None,
+            cache: (0, 0),
             headers: Vec::new(),
         }
     }
@@ -516,6 +519,14 @@ impl Reply {
     #[must_use]
     pub fn with_usage(mut self, input_tokens: u64, output_tokens: u64) -> Self {
         self.usage = Some((input_tokens, output_tokens));
+        self
+    }
+
+    /// Reports prompt-cache writes and reads (`cache_creation_input_tokens`,
+    /// `cache_read_input_tokens`) besides the other tokens.
+    #[must_use]
+    pub fn with_cache_usage(mut self, written: u64, read: u64) -> Self {
+        self.cache = (written, read);
         self
     }
 
@@ -967,6 +978,7 @@ fn answer_messages(state: &FakeState, body: &Value, reply: Reply, request_id: &s
         stop_reason,
         input_tokens,
         output_tokens,
+        cache: reply.cache,
     };
     if streaming {
         let plan = StreamPlan {
@@ -1146,6 +1158,7 @@ struct Generated {
     stop_reason: StopReason,
     input_tokens: u64,
     output_tokens: u64,
+    cache: (u64, u64),
 }
 
 impl Generated {
@@ -1160,8 +1173,8 @@ impl Generated {
             "stop_sequence": null,
             "usage": {
                 "input_tokens": self.input_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": self.cache.0,
+                "cache_read_input_tokens": self.cache.1,
                 "output_tokens": self.output_tokens,
                 "service_tier": "standard",
             },

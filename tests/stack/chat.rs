@@ -16,9 +16,12 @@ use crate::harness::{
 async fn a_message_streams_over_sse_and_ends_as_one_stored_reply() -> Result<()> {
     let stack = Stack::start().await?;
     let text = "Hello! This reply arrives token by token, in several pieces.";
-    stack
-        .anthropic
-        .push(Reply::text(text).with_token_delay(Duration::from_millis(30)));
+    stack.anthropic.push(
+        Reply::text(text)
+            .with_token_delay(Duration::from_millis(30))
+            .with_usage(1_000, 200)
+            .with_cache_usage(4_000, 10_000),
+    );
     let mut events = stack.events(stack.last_event_id().await?).await?;
     let posted = stack.post("hi there", "k-1").await?;
     assert_eq!(posted["role"], "user");
@@ -54,6 +57,13 @@ async fn a_message_streams_over_sse_and_ends_as_one_stored_reply() -> Result<()>
     assert_eq!(completed["content"], text);
     assert_eq!(completed["reply_to"], posted["id"]);
     assert_eq!(completed["usage"]["model"], "claude-haiku-4-5");
+    // What the turn cost, at Haiku 4.5's list price: input, output, cache writes and reads.
+    assert_eq!(completed["usage"]["input_tokens"], 1_000);
+    assert_eq!(completed["usage"]["output_tokens"], 200);
+    assert_eq!(completed["usage"]["cache_tokens"], 14_000);
+    let cost = completed["usage"]["cost_usd"].as_f64().unwrap_or_default();
+    let expected = (1_000.0 * 1.0 + 200.0 * 5.0 + 4_000.0 * 1.25 + 10_000.0 * 0.1) / 1e6;
+    assert!((cost - expected).abs() < 1e-9, "{cost} != {expected}");
 
     let thread = stack.thread().await?;
     assert_eq!(thread.len(), 2);
