@@ -1,6 +1,6 @@
-//! Runs every path of the main-thread workflow for real and replays the histories it
-//! produced against the same code (which catches nondeterminism such as iterating a hash
-//! map). With `MAINLOOP_RECORD_HISTORIES=1` (`make histories`) it also writes them to
+//! Runs the paths of the main-thread and worker-task workflows for real and replays the
+//! histories they produced against the same code (which catches nondeterminism such as
+//! iterating a hash map). With `MAINLOOP_RECORD_HISTORIES=1` (`make histories`) it also writes them to
 //! `workflows/tests/histories`, the corpus the determinism gate replays on every build.
 
 use std::path::Path;
@@ -12,6 +12,10 @@ use serde_json::{Value, json};
 use temporalio_client::{WorkflowExecutionInfo, WorkflowFetchHistoryOptions};
 
 use crate::harness::{Stack, USER, WAIT, main_thread};
+use crate::task_humans::asks_first;
+use crate::tasks::{REPO, TaskStack, approve_plan};
+use mainloop_store::TaskStatus;
+use mainloop_testkit::github::{CiScript, Permission, ReviewState};
 
 /// Waits until the thread has taken `turns` turns and has nothing in hand.
 async fn settle(stack: &Stack, turns: u64) -> Result<()> {
@@ -32,15 +36,15 @@ async fn settle(stack: &Stack, turns: u64) -> Result<()> {
     }
 }
 
-/// Every run of the main thread, oldest first, in the SDK's history JSON.
-async fn histories(stack: &Stack) -> Result<Vec<Vec<u8>>> {
+/// Every run of workflow `workflow_id`, oldest first, in the SDK's history JSON.
+async fn histories(stack: &Stack, workflow_id: &str) -> Result<Vec<Vec<u8>>> {
     let listed = stack
         .temporal
         .cli(&[
             "workflow",
             "list",
             "-q",
-            &format!("WorkflowId = '{}'", main_thread()),
+            &format!("WorkflowId = '{workflow_id}'"),
             "-o",
             "json",
         ])
@@ -69,7 +73,7 @@ async fn histories(stack: &Stack) -> Result<Vec<Vec<u8>>> {
     for (_, run) in runs {
         let info = WorkflowExecutionInfo::builder()
             .namespace(stack.temporal.namespace())
-            .workflow_id(main_thread())
+            .workflow_id(workflow_id)
             .run_id(run)
             .build();
         let history = info
@@ -82,9 +86,16 @@ async fn histories(stack: &Stack) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// Replays what `stack` recorded and, when asked to, commits it to the corpus.
+/// Replays what the main thread of `stack` recorded and, when asked to, commits it to the
+/// corpus.
 async fn keep(stack: &Stack, scenario: &str) -> Result<()> {
-    let runs = histories(stack).await?;
+    keep_workflow(stack, &main_thread(), "main_thread", scenario).await
+}
+
+/// Replays every run of `workflow_id` and, when asked to, commits them to the corpus under
+/// `kind`.
+async fn keep_workflow(stack: &Stack, workflow_id: &str, kind: &str, scenario: &str) -> Result<()> {
+    let runs = histories(stack, workflow_id).await?;
     let named: Vec<(String, Vec<u8>)> = runs
         .iter()
         .enumerate()
@@ -92,8 +103,9 @@ async fn keep(stack: &Stack, scenario: &str) -> Result<()> {
         .collect();
     mainloop_workflows::replay::replay_all(named.clone()).await?;
     if std::env::var_os("MAINLOOP_RECORD_HISTORIES").is_some() {
-        let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/tests/histories/main_thread");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("workflows/tests/histories")
+            .join(kind);
         std::fs::create_dir_all(&dir)?;
         for (name, bytes) in named {
             let pretty: Value = serde_json::from_slice(&bytes)?;
@@ -208,4 +220,125 @@ async fn compaction_and_continue_as_new() -> Result<()> {
     settle(&stack, 5).await?;
     assert!(!stack.store.compactions(USER).await?.is_empty());
     keep(&stack, "compaction_and_continue_as_new").await
+}
+
+/// Waits until workflow `workflow_id` has closed (completed, failed, …).
+async fn wait_closed(stack: &Stack, workflow_id: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let described = stack
+            .temporal
+            .cli(&["workflow", "describe", "-w", workflow_id, "-o", "json"])
+            .await?;
+        let described: Value = serde_json::from_str(&described)?;
+        let status = described["workflowExecutionInfo"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if !status.is_empty() && !status.contains("RUNNING") {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{workflow_id} is still {status}");
+        }
+        // Closing is a state of the workflow, only observable by asking Temporal.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn post_task_input(ts: &TaskStack, id: &str, what: &str, body: Value) -> Result<()> {
+    let (status, answer) = ts
+        .request("POST", &format!("/api/tasks/{id}/{what}"), Some(body))
+        .await?;
+    if status != 202 {
+        bail!("{what} answered {status}: {answer}");
+    }
+    Ok(())
+}
+
+/// Questions, answers, a revised plan, a CI fix, a review asking for changes, and a merge:
+/// every phase of a task that ends well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_from_questions_to_merge() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    ts.stack.anthropic.set_default(asks_first);
+    ts.github.set_ci(REPO, CiScript::FailTimes(1))?;
+    ts.github.add_user("maria");
+    ts.github
+        .add_collaborator(REPO, "maria", Permission::Write)?;
+    let id = ts.confirmed_task(json!({})).await?;
+    ts.wait_status(&id, TaskStatus::WaitingQuestions).await?;
+    post_task_input(
+        &ts,
+        &id,
+        "answer",
+        json!({"answers": {"greeting": "Hi", "module": "src/greet.rs"}}),
+    )
+    .await?;
+    ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+    post_task_input(
+        &ts,
+        &id,
+        "review-plan",
+        json!({"action": "revise", "text": "Also add a doc comment"}),
+    )
+    .await?;
+    ts.wait_for(|| async { Ok((ts.runs(&id, "plan").await? == 3).then_some(())) })
+        .await?;
+    approve_plan(&ts, &id).await?;
+    let ready = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    let pr = ready.pr_number.context("PR")? as u64;
+    ts.github
+        .submit_review(
+            "maria",
+            REPO,
+            pr,
+            ReviewState::ChangesRequested,
+            "Please call it hello()",
+            vec![],
+        )
+        .await?;
+    ts.wait_for(|| async {
+        let task = ts.task(&id).await?;
+        Ok(
+            (task.status == TaskStatus::ReadyForReview && ts.runs(&id, "feedback").await? == 1)
+                .then_some(()),
+        )
+    })
+    .await?;
+    ts.github.merge_pr(REPO, pr).await?;
+    ts.wait_status(&id, TaskStatus::Merged).await?;
+    let workflow = format!("task/{id}");
+    wait_closed(&ts.stack, &workflow).await?;
+    keep_workflow(&ts.stack, &workflow, "task", "from_questions_to_merge").await?;
+    settle(&ts.stack, 1).await?;
+    keep_workflow(
+        &ts.stack,
+        &main_thread(),
+        "main_thread",
+        "task_started_and_told",
+    )
+    .await
+}
+
+/// A task that fails, is retried, fails again and is cancelled while failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_failed_retried_and_cancelled() -> Result<()> {
+    let ts = TaskStack::start_with(&[("MAINLOOP_MAX_CI_FIXES", "1")]).await?;
+    ts.github.set_ci(REPO, CiScript::NeverPass)?;
+    let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
+    ts.wait_status(&id, TaskStatus::Failed).await?;
+    post_task_input(&ts, &id, "retry", json!({})).await?;
+    ts.wait_for(|| async { Ok((ts.runs(&id, "fix").await? == 2).then_some(())) })
+        .await?;
+    ts.wait_status(&id, TaskStatus::Failed).await?;
+    post_task_input(&ts, &id, "cancel", json!({"reason": "not needed"})).await?;
+    // Still `failed` until the workflow takes the cancel, so not `wait_status`.
+    ts.wait_for(|| async {
+        Ok((ts.task(&id).await?.status == TaskStatus::Cancelled).then_some(()))
+    })
+    .await?;
+    let workflow = format!("task/{id}");
+    wait_closed(&ts.stack, &workflow).await?;
+    keep_workflow(&ts.stack, &workflow, "task", "failed_retried_cancelled").await
 }

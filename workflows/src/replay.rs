@@ -8,12 +8,13 @@ use anyhow::{Context, Result, anyhow};
 use temporalio_client::WorkflowHistory;
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
 
-use crate::MainThreadWorkflow;
+use crate::{MainThreadWorkflow, WorkerTaskWorkflow};
 
 /// A replayer that knows every mainloop workflow.
 pub fn replayer() -> Result<WorkflowReplayer> {
     let options = WorkflowReplayerOptions::new()
         .register_workflow::<MainThreadWorkflow>()?
+        .register_workflow::<WorkerTaskWorkflow>()?
         .build();
     WorkflowReplayer::new(options).map_err(|e| anyhow!("creating the replayer: {e}"))
 }
