@@ -143,6 +143,10 @@ pub struct ApiArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MAINLOOP_BODY_LIMIT", default_value_t = 256 * 1024)]
     pub body_limit: usize,
+    /// Secret of the GitHub webhook (`POST /api/github/webhook`); unset: webhooks are off and
+    /// tasks notice GitHub activity by polling alone.
+    #[arg(long, env = "GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub github_webhook_secret: Option<String>,
     /// Longest a request may take (the event stream excepted).
     #[arg(long, env = "MAINLOOP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,

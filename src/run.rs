@@ -143,6 +143,11 @@ pub fn api_settings(api: &ApiArgs, queue: &QueueArgs) -> Result<ApiSettings> {
         auth,
         body_limit: api.body_limit,
         request_timeout: api.request_timeout,
+        webhook_secret: api
+            .github_webhook_secret
+            .as_deref()
+            .filter(|secret| !secret.is_empty())
+            .map(Arc::from),
         relay: RelaySettings {
             task_queue: queue.task_queue.clone(),
             batch: 100,
@@ -169,6 +174,7 @@ pub async fn start_api(
         temporal,
         github,
         shutdown: shutdown.clone(),
+        webhook_secret: settings.webhook_secret.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await

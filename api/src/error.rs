@@ -20,6 +20,8 @@ pub mod code {
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const UNAUTHORIZED: &str = "unauthorized";
+    /// A GitHub webhook whose signature does not match its body.
+    pub const INVALID_SIGNATURE: &str = "invalid_signature";
     pub const CROSS_ORIGIN: &str = "cross_origin";
     pub const NOT_FOUND: &str = "not_found";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";

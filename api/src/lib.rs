@@ -16,6 +16,7 @@ mod proposals;
 mod session;
 mod tasks;
 pub mod temporal;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub struct ApiSettings {
     /// Longest a (non-streaming) request may take.
     pub request_timeout: Duration,
     pub relay: RelaySettings,
+    /// The GitHub webhook secret; none: `POST /api/github/webhook` answers 404.
+    pub webhook_secret: Option<Arc<str>>,
 }
 
 #[derive(Clone)]
@@ -58,6 +61,8 @@ pub struct AppState {
     pub github: mainloop_activities::github::GitHub,
     /// Cancelled when the server shuts down; long-lived streams end on it.
     pub shutdown: CancellationToken,
+    /// The shared secret GitHub signs webhook deliveries with; none: webhooks are off.
+    pub webhook_secret: Option<Arc<str>>,
 }
 
 /// The whole HTTP surface.
@@ -94,6 +99,8 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .route("/api/login", post(session::login))
         .route("/api/logout", post(session::logout))
         .route("/api/session", get(session::info))
+        // GitHub cannot log in: deliveries are authenticated by their signature.
+        .route("/api/github/webhook", post(webhook::receive))
         .layer(timed);
     Router::new()
         .merge(authenticated)

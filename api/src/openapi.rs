@@ -32,6 +32,7 @@ use utoipa::OpenApi;
         crate::session::info,
         crate::health::healthz,
         crate::health::readyz,
+        crate::webhook::receive,
     ),
     components(schemas(
         mainloop_store::Message,
@@ -49,6 +50,7 @@ use utoipa::OpenApi;
         crate::tasks::ReviewBody,
         crate::tasks::CancelBody,
         crate::error::ErrorBody,
+        crate::webhook::WebhookReceipt,
     )),
     modifiers(&Security),
     security(("bearer" = []), ("session" = [])),

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use mainloop_store::{OutboxItem, SIGNAL_MESSAGE, SIGNAL_PROPOSAL_DECISION, Store};
+use mainloop_store::{OutboxItem, SIGNAL_GITHUB, SIGNAL_MESSAGE, SIGNAL_PROPOSAL_DECISION, Store};
 use mainloop_workflows::WorkerTaskWorkflow;
 use mainloop_workflows::payload::json_payload;
 use mainloop_workflows::{MainThreadInput, MainThreadWorkflow, SEARCH_ATTRIBUTE_USER};
@@ -224,6 +224,22 @@ async fn deliver(
                 }
             };
             sent.map_err(|e| Undeliverable::NotYet(anyhow!("{e}")))
+        }
+        // A webhook's nudge is only a hint (the task polls anyway): one that cannot be
+        // delivered, say to a task that has just ended, is dropped rather than retried.
+        SIGNAL_GITHUB => {
+            let handle = client.get_workflow_handle::<WorkerTaskWorkflow>(item.workflow_id.clone());
+            if let Err(error) = handle
+                .signal(
+                    WorkerTaskWorkflow::github,
+                    raw,
+                    WorkflowSignalOptions::default(),
+                )
+                .await
+            {
+                tracing::debug!(workflow_id = %item.workflow_id, %error, "dropped a GitHub nudge");
+            }
+            Ok(())
         }
         other => Err(Undeliverable::Never(format!("unknown signal {other:?}"))),
     }

@@ -81,6 +81,7 @@ impl Api {
                 base_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(1),
             },
+            webhook_secret: None,
         };
         let shutdown = CancellationToken::new();
         let state = AppState {
@@ -96,6 +97,7 @@ impl Api {
             )
             .expect("a GitHub client"),
             shutdown: shutdown.clone(),
+            webhook_secret: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -14,6 +14,7 @@ pub mod model;
 mod outbox;
 mod proposals;
 mod tasks;
+mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use tasks::{
     TaskLogLine, TaskProjection, TaskQuestion, TaskQuestionOption, TaskRun, TaskStatus,
     task_workflow_id,
 };
+pub use webhooks::{SIGNAL_GITHUB, WebhookOutcome, WebhookTarget};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

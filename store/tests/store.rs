@@ -82,6 +82,7 @@ on_both!(
     task_records_resolve_and_raise_inbox_items_once,
     task_input_is_checked_against_the_state_and_stored_once,
     job_logs_and_costs_are_counted_once,
+    a_webhook_delivery_nudges_the_tasks_it_names_once,
 );
 
 const WF: &str = "main-thread/alice";
@@ -915,6 +916,111 @@ async fn job_logs_and_costs_are_counted_once(store: &Store) -> Result<()> {
     assert_eq!(
         store.artifact(&task.id, "ci/1").await?.as_deref(),
         Some("boom again")
+    );
+    Ok(())
+}
+
+async fn a_webhook_delivery_nudges_the_tasks_it_names_once(store: &Store) -> Result<()> {
+    use mainloop_store::{SIGNAL_GITHUB, WebhookOutcome, WebhookTarget};
+    let task = confirmed_task(store, "t1").await?;
+    store
+        .record_task(
+            "alice",
+            &task.id,
+            &TaskProjection {
+                status: Some(TaskStatus::ReadyForReview),
+                detail: "ready".into(),
+                issue_number: Some(12),
+                pr_number: Some(13),
+                branch: Some("feature/12-dark-mode".into()),
+                ..TaskProjection::default()
+            },
+            None,
+        )
+        .await?;
+    // Drain what confirming queued, so only nudges are left to see.
+    for item in store.claim_outbox(50, Duration::from_secs(60)).await? {
+        store.outbox_delivered(item.id).await?;
+    }
+    let by_pr = WebhookTarget {
+        repo: "Acme/Web".into(),
+        numbers: vec![13],
+        branches: vec![],
+    };
+    let outcome = store
+        .accept_github_delivery("d-1", "pull_request_review", &by_pr)
+        .await?;
+    assert_eq!(
+        outcome,
+        WebhookOutcome::Accepted {
+            tasks: vec![task.id.clone()]
+        }
+    );
+    let queued = store.claim_outbox(50, Duration::from_secs(60)).await?;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].signal, SIGNAL_GITHUB);
+    assert_eq!(queued[0].workflow_id, format!("task/{}", task.id));
+    store.outbox_delivered(queued[0].id).await?;
+    // A redelivery (or a replay) of the same delivery does nothing.
+    assert_eq!(
+        store
+            .accept_github_delivery("d-1", "pull_request_review", &by_pr)
+            .await?,
+        WebhookOutcome::Duplicate
+    );
+    // A branch names the task too; another repository or number does not.
+    let by_branch = WebhookTarget {
+        repo: "acme/web".into(),
+        numbers: vec![],
+        branches: vec!["feature/12-dark-mode".into()],
+    };
+    assert!(matches!(
+        store.accept_github_delivery("d-2", "check_suite", &by_branch).await?,
+        WebhookOutcome::Accepted { tasks } if tasks.len() == 1
+    ));
+    for (delivery, target) in [
+        (
+            "d-3",
+            WebhookTarget {
+                repo: "acme/api".into(),
+                numbers: vec![13],
+                branches: vec![],
+            },
+        ),
+        (
+            "d-4",
+            WebhookTarget {
+                repo: "acme/web".into(),
+                numbers: vec![99],
+                branches: vec![],
+            },
+        ),
+    ] {
+        assert_eq!(
+            store
+                .accept_github_delivery(delivery, "issue_comment", &target)
+                .await?,
+            WebhookOutcome::Accepted { tasks: vec![] }
+        );
+    }
+    // A task that is over is not nudged.
+    store
+        .record_task(
+            "alice",
+            &task.id,
+            &TaskProjection {
+                status: Some(TaskStatus::Merged),
+                detail: "merged".into(),
+                ..TaskProjection::default()
+            },
+            None,
+        )
+        .await?;
+    assert_eq!(
+        store
+            .accept_github_delivery("d-5", "pull_request", &by_pr)
+            .await?,
+        WebhookOutcome::Accepted { tasks: vec![] }
     );
     Ok(())
 }

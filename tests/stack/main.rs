@@ -10,3 +10,4 @@ mod long_thread;
 mod task_humans;
 mod task_recovery;
 mod tasks;
+mod webhooks;

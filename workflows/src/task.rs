@@ -184,6 +184,9 @@ pub struct WorkerTaskWorkflow {
     skip_planning: bool,
     mem: Memory,
     inbox: VecDeque<Inbound>,
+    /// GitHub webhook deliveries about this task so far (in this run): each wakes a wait
+    /// for GitHub at once. Not kept across continue-as-new: a nudge is only a hint.
+    nudges: u64,
 }
 
 type Ctx = WorkflowContext<WorkerTaskWorkflow>;
@@ -216,6 +219,7 @@ impl WorkerTaskWorkflow {
                 ..mem
             },
             inbox,
+            nudges: 0,
         }
     }
 
@@ -310,6 +314,13 @@ impl WorkerTaskWorkflow {
             Ok(_) => {}
             Err(reason) => tracing::warn!(%reason, "ignored an invalid cancel signal"),
         }
+    }
+
+    /// Something happened on GitHub (from a webhook delivery): look now rather than at the
+    /// next poll. The payload is not needed; polling reads what happened.
+    #[signal(name = "github")]
+    pub fn github(&mut self, _ctx: &mut SyncWorkflowContext<Self>, _payload: RawValue) {
+        self.nudges += 1;
     }
 
     #[query(name = "state")]
@@ -613,6 +624,29 @@ where
     None
 }
 
+/// How a wait between two looks at GitHub ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    Elapsed,
+    /// A webhook said something happened: look now.
+    Nudged,
+    Cancelled,
+}
+
+/// Waits `interval_ms` before the next look at GitHub, less if a webhook nudges the task.
+async fn pause(ctx: &Ctx, interval_ms: u64) -> Pause {
+    let seen = ctx.state(|s| s.nudges);
+    let mut timer = pin!(ctx.timer(Duration::from_millis(interval_ms)));
+    let pause = select! {
+        _ = timer.as_mut() => return Pause::Elapsed,
+        _ = ctx.wait_condition(|s| s.mem.cancel.is_some()).fuse() => Pause::Cancelled,
+        _ = ctx.wait_condition(move |s| s.nudges != seen).fuse() => Pause::Nudged,
+    };
+    timer.cancel();
+    let _cancelled = timer.await;
+    pause
+}
+
 /// A GitHub activity, or the step outcome when it fails or the task is cancelled.
 macro_rules! github {
     ($ctx:expr, $config:expr, $activity:expr, $input:expr, $what:expr) => {
@@ -888,14 +922,21 @@ async fn wait_for_human(
         if let Some(reason) = ctx.state(|s| s.mem.cancel.clone()) {
             return Ok(Decision::Cancel(reason));
         }
-        let signalled = select! {
-            _ = ctx.wait_condition(|s| !s.inbox.is_empty() || s.mem.cancel.is_some()).fuse() => true,
-            _ = ctx.timer(Duration::from_millis(interval)).fuse() => false,
+        let seen = ctx.state(|s| s.nudges);
+        // None: input from the app (or a cancel) to decide on first.
+        let woken = select! {
+            _ = ctx.wait_condition(|s| !s.inbox.is_empty() || s.mem.cancel.is_some()).fuse() => None,
+            _ = ctx.wait_condition(move |s| s.nudges != seen).fuse() => Some(Pause::Nudged),
+            _ = ctx.timer(Duration::from_millis(interval)).fuse() => Some(Pause::Elapsed),
         };
-        if signalled {
-            continue;
+        match woken {
+            None => continue,
+            // A reply on GitHub, most likely: read it now.
+            Some(Pause::Nudged) => interval = config.human_poll_initial_ms.max(1),
+            Some(_) => {
+                interval = (interval.saturating_mul(3) / 2).min(config.human_poll_max_ms.max(1));
+            }
         }
-        interval = (interval.saturating_mul(3) / 2).min(config.human_poll_max_ms.max(1));
         let (issue, since) = ctx.state(|s| {
             (
                 s.mem.issue.as_ref().map(|i| i.number),
@@ -1178,14 +1219,15 @@ async fn ci(ctx: &Ctx, config: &TaskConfig) -> Step {
         let mut interval = config.ci_poll_initial_ms.max(1);
         let mut waited: u64 = 0;
         let report = loop {
-            if unless_cancelled(ctx, ctx.timer(Duration::from_millis(interval)))
-                .await
-                .is_none()
-            {
-                return Step::Cancel(cancel_reason(ctx));
+            match pause(ctx, interval).await {
+                Pause::Cancelled => return Step::Cancel(cancel_reason(ctx)),
+                // CI reported: the next look may well be the last.
+                Pause::Nudged => interval = config.ci_poll_initial_ms.max(1),
+                Pause::Elapsed => {
+                    waited = waited.saturating_add(interval);
+                    interval = interval.saturating_mul(2).min(config.ci_poll_max_ms.max(1));
+                }
             }
-            waited = waited.saturating_add(interval);
-            interval = interval.saturating_mul(2).min(config.ci_poll_max_ms.max(1));
             let report = github!(
                 ctx,
                 config,
@@ -1327,13 +1369,13 @@ async fn review(ctx: &Ctx, config: &TaskConfig) -> Step {
     };
     let mut interval = config.review_poll_initial_ms.max(1);
     loop {
-        if unless_cancelled(ctx, ctx.timer(Duration::from_millis(interval)))
-            .await
-            .is_none()
-        {
-            return Step::Cancel(cancel_reason(ctx));
+        match pause(ctx, interval).await {
+            Pause::Cancelled => return Step::Cancel(cancel_reason(ctx)),
+            Pause::Nudged => interval = config.review_poll_initial_ms.max(1),
+            Pause::Elapsed => {
+                interval = (interval.saturating_mul(3) / 2).min(config.review_poll_max_ms.max(1));
+            }
         }
-        interval = (interval.saturating_mul(3) / 2).min(config.review_poll_max_ms.max(1));
         let (since, round) = ctx.state(|s| {
             (
                 s.mem.review_since.clone().unwrap_or_default(),

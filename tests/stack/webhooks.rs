@@ -1,0 +1,82 @@
+//! GitHub webhooks: a signed delivery makes the task concerned look at GitHub at once,
+//! instead of at its next poll; unsigned, mis-signed and replayed deliveries change nothing.
+
+use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
+use mainloop_store::TaskStatus;
+use mainloop_testkit::github::CiScript;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::tasks::{REPO, TaskStack};
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// Posts a delivery as GitHub would, signed with `secret`.
+async fn deliver(
+    ts: &TaskStack,
+    secret: &str,
+    event: &str,
+    delivery: &str,
+    payload: &Value,
+) -> Result<(u16, Value)> {
+    let body = serde_json::to_vec(payload)?;
+    let response = reqwest::Client::new()
+        .post(ts.stack.url("/api/github/webhook"))
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", signature(secret, &body))
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signed_webhook_ends_a_long_poll_and_bad_or_replayed_ones_change_nothing() -> Result<()> {
+    // Polls so slow that only the webhook can make the task notice the merge in time.
+    let ts = TaskStack::start_with(&[
+        ("GITHUB_WEBHOOK_SECRET", SECRET),
+        ("MAINLOOP_REVIEW_POLL", "10m"),
+        ("MAINLOOP_REVIEW_POLL_MAX", "10m"),
+    ])
+    .await?;
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
+    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    let pr = task.pr_number.context("PR")?;
+    let branch = task.branch.context("branch")?;
+    ts.github.merge_pr(REPO, pr as u64).await?;
+    let merged = json!({
+        "action": "closed",
+        "repository": {"full_name": REPO},
+        "pull_request": {"number": pr, "merged": true, "head": {"ref": branch}},
+    });
+
+    // Unsigned by us: refused, and nothing is queued.
+    let (status, body) = deliver(&ts, "not-the-secret", "pull_request", "d-1", &merged).await?;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_signature");
+    assert_eq!(ts.stack.store.outbox_backlog().await?, 0);
+
+    let (status, body) = deliver(&ts, SECRET, "pull_request", "d-2", &merged).await?;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body, json!({"accepted": true, "tasks": 1}));
+    // The same delivery again (a redelivery, or a replay by someone who saw it) does nothing.
+    let (status, body) = deliver(&ts, SECRET, "pull_request", "d-2", &merged).await?;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body, json!({"accepted": false, "tasks": 0}));
+
+    ts.wait_status(&id, TaskStatus::Merged).await?;
+    Ok(())
+}
