@@ -1,4 +1,5 @@
-# mainloop: `make dev` runs it, `make test` tests it. Both install what is missing first.
+# mainloop: `make dev` runs it (`make dev DEMO=1` on fakes, no accounts), `make test` tests it.
+# Both install what is missing first.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -14,10 +15,10 @@ help: ## Show the targets
 setup: ## Install what is missing (Temporal CLI, PostgreSQL for tests)
 	@scripts/setup
 
-dev: setup ## Run mainloop: Temporal dev server + worker + API + SQLite, on http://127.0.0.1:8080
+dev: setup ## Run mainloop: Temporal dev server + worker + API + SQLite, on http://127.0.0.1:8080 (DEMO=1: on fakes, no accounts)
 	$(CARGO) build -p mainloop-agent
 	MAINLOOP_CLAUDE_BIN="$${MAINLOOP_CLAUDE_BIN:-$(CURDIR)/.tools/claude-code/node_modules/.bin/claude}" \
-		$(CARGO) run --bin mainloop -- dev
+		$(CARGO) run --bin mainloop -- dev $(if $(filter 1 true yes,$(DEMO)),--demo)
 
 test: setup ## Run every test (real Temporal, SQLite and PostgreSQL)
 	$(CARGO) test --workspace

@@ -164,6 +164,7 @@ async fn bench() -> Result<()> {
                 github: &settings.github,
                 tasks: &settings.tasks,
                 data_dir: dir.path().to_path_buf(),
+                job_env: Vec::new(),
             },
             shutdown.clone(),
         ),

@@ -72,6 +72,20 @@ pub struct DevArgs {
     /// The `temporal` CLI to run (default: found on PATH or in Go's bin directory).
     #[arg(long, env = "TEMPORAL_BIN")]
     pub temporal_bin: Option<PathBuf>,
+    /// Run the demo: a scripted model and a fake GitHub with the repository `demo/hello`,
+    /// started in this process, stand in for Anthropic and GitHub, so no account is needed.
+    /// Credentials, the database URL and the data directory are ignored: the demo's state
+    /// lives in a fresh temporary directory, removed at exit.
+    #[arg(
+        long,
+        env = "MAINLOOP_DEMO",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub demo: bool,
+    /// `--demo`: how long after a pull request is ready for review the demo merges it.
+    #[arg(long, env = "MAINLOOP_DEMO_MERGE_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub demo_merge_after: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,11 @@
 //! `mainloop dev`: the whole product in one process on one machine. It starts the Temporal
 //! dev server as a child (state in the data directory, Web UI on), then the worker and the
-//! API on SQLite, prints the URLs, and on Ctrl-C stops everything in reverse order.
+//! API on SQLite, prints the URLs, and on Ctrl-C stops everything in reverse order. With
+//! `--demo`, a scripted model and a fake GitHub start first, in this process, and stop last.
 
 use anyhow::{Context, Result};
 use mainloop_api::{ApiSettings, TemporalLink};
+use mainloop_testkit::demo::Demo;
 use mainloop_testkit::temporal::{DevServer, DevServerOptions, find_temporal};
 use mainloop_workflows::TemporalSettings;
 use tokio_util::sync::CancellationToken;
@@ -13,14 +15,36 @@ use crate::run::{
     WorkerParts, api_settings, data_dir, github_client, identity, open_store, run_worker, start_api,
 };
 
-pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(mut args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     // Refuse bad settings before starting anything.
     let api = api_settings(&args.api, &args.queue)?;
-    let data = data_dir(&args.store)?;
     let binary = match &args.temporal_bin {
         Some(path) => path.clone(),
         None => find_temporal()?,
     };
+    let demo = if args.demo {
+        Some(crate::demo::start(&mut args).await?)
+    } else {
+        None
+    };
+    let result = run_temporal(&args, api, binary, demo.as_ref(), shutdown).await;
+    // The fakes go last: the worker and the API have stopped calling them.
+    if let Some(demo) = &demo {
+        demo.shutdown().await;
+    }
+    // Dropping the demo removes its state directory, now that Temporal has stopped.
+    drop(demo);
+    result
+}
+
+async fn run_temporal(
+    args: &DevArgs,
+    api: ApiSettings,
+    binary: std::path::PathBuf,
+    demo: Option<&Demo>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let data = data_dir(&args.store)?;
     let mut options = DevServerOptions::ephemeral()?.tuned_for_latency();
     options.binary = binary;
     options.port = Some(args.temporal_port);
@@ -34,7 +58,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
             data.join("temporal.log").display()
         )
     })?;
-    let result = run_services(&args, api, &temporal, shutdown).await;
+    let result = run_services(args, api, &temporal, demo, shutdown).await;
     if let Err(error) = temporal.stop().await {
         tracing::warn!(%error, "stopping the Temporal dev server");
     }
@@ -45,6 +69,7 @@ async fn run_services(
     args: &DevArgs,
     api: ApiSettings,
     temporal: &DevServer,
+    demo: Option<&Demo>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let store = open_store(&args.store, true).await?;
@@ -65,6 +90,9 @@ async fn run_services(
         &api_shutdown,
     )
     .await?;
+    for line in demo.map(crate::demo::banner).unwrap_or_default() {
+        println!("{line}");
+    }
     println!("mainloop  http://{address}");
     if let Some(ui) = temporal.ui_url() {
         println!("temporal-ui  {ui}");
@@ -76,6 +104,7 @@ async fn run_services(
         github: &args.github,
         tasks: &args.tasks,
         data_dir: data_dir(&args.store)?,
+        job_env: demo.map(|_| crate::demo::job_env()).unwrap_or_default(),
     };
     let worked = run_worker(client, store.clone(), parts, shutdown).await;
     api_shutdown.cancel();

@@ -3,5 +3,6 @@
 //! benchmarks and tools reuse the same wiring.
 
 pub mod config;
+pub mod demo;
 pub mod dev;
 pub mod run;

@@ -77,6 +77,7 @@ pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()>
         github: &args.github,
         tasks: &args.tasks,
         data_dir: data_dir(&args.store)?,
+        job_env: Vec::new(),
     };
     run_worker(client, store.clone(), parts, shutdown).await?;
     store.close().await;
@@ -199,6 +200,8 @@ pub struct WorkerParts<'a> {
     pub github: &'a GitHubArgs,
     pub tasks: &'a TaskArgs,
     pub data_dir: PathBuf,
+    /// More environment for every job, after the configured one.
+    pub job_env: Vec<(String, String)>,
 }
 
 /// Runs the worker on the current task until `shutdown` (the SDK's worker cannot be spawned).
@@ -379,6 +382,7 @@ async fn job_runner(parts: &WorkerParts<'_>) -> Result<Arc<dyn JobRunner>> {
     if let Ok(sandbox) = std::env::var("IS_SANDBOX") {
         env.push(("IS_SANDBOX".to_string(), sandbox));
     }
+    env.extend(parts.job_env.iter().cloned());
     match tasks.job_runner {
         RunnerArg::Local => {
             let agent = match &tasks.agent_bin {

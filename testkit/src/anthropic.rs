@@ -530,6 +530,35 @@ impl Reply {
         self
     }
 
+    /// The text of this reply's text blocks, joined; empty for errors and cut streams.
+    pub fn text_content(&self) -> String {
+        match &self.kind {
+            ReplyKind::Message { blocks, .. } => blocks
+                .iter()
+                .filter_map(|b| match b {
+                    Block::Text(text) => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        }
+    }
+
+    /// `(name, input)` of this reply's `tool_use` blocks, in order.
+    pub fn tool_uses(&self) -> Vec<(String, Value)> {
+        match &self.kind {
+            ReplyKind::Message { blocks, .. } => blocks
+                .iter()
+                .filter_map(|b| match b {
+                    Block::ToolUse { name, input, .. } => Some((name.clone(), input.clone())),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The ids of this reply's `tool_use` blocks, for building the `tool_result`s that follow.
     pub fn tool_use_ids(&self) -> Vec<String> {
         match &self.kind {

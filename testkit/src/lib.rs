@@ -1,12 +1,14 @@
 //! Fakes of the outside world and harnesses for mainloop's tests and for `mainloop dev --demo`:
-//! a fake Anthropic Messages API, a fake Kubernetes API server (with a kubelet that runs pods
-//! as local processes), a Temporal dev-server harness, a throwaway PostgreSQL
-//! server, and helpers for child processes and free ports.
+//! a fake Anthropic Messages API, a fake GitHub, a fake Kubernetes API server (with a kubelet
+//! that runs pods as local processes), the demo built on the fakes (`demo`), a Temporal
+//! dev-server harness, a throwaway PostgreSQL server, and helpers for child processes and
+//! free ports.
 //!
 //! Nothing here depends on mainloop's own crates: the fakes speak only the wire protocols of
 //! the services they stand in for.
 
 pub mod anthropic;
+pub mod demo;
 pub mod github;
 pub mod kubernetes;
 pub mod ports;

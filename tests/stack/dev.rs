@@ -1,6 +1,8 @@
 //! `mainloop dev` as a user runs it: one command, URLs printed, chat works, Ctrl-C stops all
-//! of it, and a restart keeps every message. And the safety check on `serve`.
+//! of it, and a restart keeps every message; `mainloop dev --demo` takes a change from the chat
+//! to a merged pull request with no accounts. And the safety check on `serve`.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -9,15 +11,36 @@ use mainloop_testkit::ports::free_port;
 use mainloop_testkit::process::{ChildProcess, Output};
 use mainloop_testkit::sse::SseClient;
 use mainloop_testkit::temporal::find_temporal;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::harness::{WAIT, is_assistant_completion};
+use crate::tasks::{agent_bin, claude_bin};
 
 struct Dev {
     process: tokio::process::Child,
     api: String,
     ui: String,
+    /// Every line printed up to the URLs.
+    banner: Vec<String>,
+}
+
+/// The command that runs `mainloop dev` on the given data directory and ports.
+fn dev_command(data: &std::path::Path, ports: (u16, u16, u16)) -> Result<Command> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mainloop"));
+    command
+        .arg("dev")
+        .env("MAINLOOP_DATA_DIR", data)
+        .env("MAINLOOP_LISTEN", format!("127.0.0.1:{}", ports.0))
+        .env("MAINLOOP_TEMPORAL_PORT", ports.1.to_string())
+        .env("MAINLOOP_TEMPORAL_UI_PORT", ports.2.to_string())
+        .env("TEMPORAL_BIN", find_temporal()?)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    Ok(command)
 }
 
 async fn start_dev(
@@ -25,23 +48,19 @@ async fn start_dev(
     anthropic: &FakeAnthropic,
     ports: (u16, u16, u16),
 ) -> Result<Dev> {
-    let mut process = Command::new(env!("CARGO_BIN_EXE_mainloop"))
-        .arg("dev")
-        .env("MAINLOOP_DATA_DIR", data)
-        .env("MAINLOOP_LISTEN", format!("127.0.0.1:{}", ports.0))
-        .env("MAINLOOP_TEMPORAL_PORT", ports.1.to_string())
-        .env("MAINLOOP_TEMPORAL_UI_PORT", ports.2.to_string())
-        .env("TEMPORAL_BIN", find_temporal()?)
+    let mut command = dev_command(data, ports)?;
+    command
         .env("ANTHROPIC_BASE_URL", anthropic.base_url())
-        .env("ANTHROPIC_API_KEY", anthropic.api_key())
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
+        .env("ANTHROPIC_API_KEY", anthropic.api_key());
+    spawn_dev(command).await
+}
+
+/// Spawns `mainloop dev` and reads its output until it has printed both URLs.
+async fn spawn_dev(mut command: Command) -> Result<Dev> {
+    let mut process = command.spawn()?;
     let stdout = process.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let (mut api, mut ui) = (String::new(), String::new());
+    let (mut api, mut ui, mut banner) = (String::new(), String::new(), Vec::new());
     tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await? {
             let mut words = line.split_whitespace();
@@ -50,6 +69,7 @@ async fn start_dev(
                 (Some("temporal-ui"), Some(url)) => ui = url.to_string(),
                 _ => {}
             }
+            banner.push(line);
             if !api.is_empty() && !ui.is_empty() {
                 return anyhow::Ok(());
             }
@@ -57,7 +77,12 @@ async fn start_dev(
         bail!("mainloop dev exited before printing its URLs")
     })
     .await??;
-    Ok(Dev { process, api, ui })
+    Ok(Dev {
+        process,
+        api,
+        ui,
+        banner,
+    })
 }
 
 async fn interrupt(dev: &mut Dev) -> Result<std::process::ExitStatus> {
@@ -172,5 +197,268 @@ async fn serve_refuses_to_run_without_auth_off_loopback() -> Result<()> {
     assert!(!status.success());
     let log = child.log_tail(10);
     assert!(log.contains("MAINLOOP_AUTH=none"), "{log}");
+    Ok(())
+}
+
+/// How long the demo gets to take a task from confirmation to merge.
+const DEMO_WAIT: Duration = Duration::from_secs(180);
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {
+    let response = http.get(url).send().await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("GET {url} answered {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// POSTs `body`; fails unless the answer is 202, which it returns.
+async fn post_json(http: &reqwest::Client, url: &str, key: &str, body: Value) -> Result<Value> {
+    let response = http
+        .post(url)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if status.as_u16() != 202 {
+        bail!("POST {url} answered {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// Re-evaluates `check` after every event of the stream until it yields something.
+async fn wait_for<T, F, Fut>(events: &mut SseClient, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + DEMO_WAIT;
+    loop {
+        if let Some(found) = check().await? {
+            return Ok(found);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match events.next(left).await {
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the event stream closed while waiting for {what}"),
+            Err(error) => bail!("waiting for {what}: {error}"),
+        }
+    }
+}
+
+/// Waits until the task's status is `status`, as the API tells it; fails early if it fails.
+async fn wait_task(
+    events: &mut SseClient,
+    http: &reqwest::Client,
+    api: &str,
+    id: &str,
+    status: &str,
+) -> Result<Value> {
+    let url = format!("{api}/api/tasks/{id}");
+    let url = url.as_str();
+    wait_for(events, status, move || async move {
+        let task = get_json(http, url).await?;
+        if task["status"] == status {
+            return Ok(Some(task));
+        }
+        if task["status"] == "failed" {
+            bail!("the task failed waiting for {status}: {task}");
+        }
+        Ok(None)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mainloop_dev_demo_takes_a_change_from_chat_to_a_merged_pr_with_no_accounts() -> Result<()>
+{
+    let data = tempfile::tempdir()?;
+    let ports = (free_port()?, free_port()?, free_port()?);
+    let mut command = dev_command(data.path(), ports)?;
+    command
+        .arg("--demo")
+        .env("MAINLOOP_AGENT_BIN", agent_bin()?)
+        .env("MAINLOOP_CLAUDE_BIN", claude_bin())
+        // Credentials a user may have set: the demo must not use them (its fakes refuse them).
+        .env("ANTHROPIC_API_KEY", "sk-ant-a-real-key")
+        .env("GITHUB_TOKEN", "ghp_a_real_token")
+        .env_remove("ANTHROPIC_BASE_URL")
+        .env_remove("GITHUB_API_URL")
+        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+        .env_remove("DATABASE_URL")
+        // The demo tells Claude Code it is sandboxed by itself (tests may run as root), over
+        // whatever the operator set (here a value Claude Code does not take).
+        .env("IS_SANDBOX", "yes")
+        .env("MAINLOOP_DEMO_MERGE_AFTER", "1s")
+        .env("MAINLOOP_CI_POLL", "100ms")
+        .env("MAINLOOP_CI_POLL_MAX", "300ms")
+        .env("MAINLOOP_REVIEW_POLL", "100ms")
+        .env("MAINLOOP_REVIEW_POLL_MAX", "300ms")
+        .env("MAINLOOP_RETRY_INITIAL", "100ms")
+        .env("MAINLOOP_RETRY_MAX", "1s")
+        .env("MAINLOOP_SHUTDOWN_GRACE", "2s");
+    let mut dev = spawn_dev(command).await?;
+    let http = reqwest::Client::new();
+    let api = dev.api.clone();
+
+    // The banner says it is a demo and where its GitHub is.
+    let banner = dev.banner.clone();
+    let line = |key: &str| {
+        banner
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .cloned()
+            .with_context(|| format!("no {key} line in {banner:?}"))
+    };
+    assert!(line("demo")?.contains("fake GitHub"), "{banner:?}");
+    let github_line = line("demo-github")?;
+    assert!(github_line.contains("demo/hello"), "{github_line}");
+    let github = github_line
+        .split_whitespace()
+        .nth(1)
+        .context("no URL")?
+        .to_string();
+    let token = github_line
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .context("no token")?
+        .to_string();
+    let state_line = line("demo-state")?;
+    let state_dir = std::path::PathBuf::from(
+        state_line
+            .split_whitespace()
+            .nth(1)
+            .context("no state dir")?,
+    );
+    assert!(state_dir.join("mainloop.db").exists(), "{state_line}");
+    assert!(
+        !data.path().join("mainloop.db").exists(),
+        "the demo left the configured data directory alone"
+    );
+
+    // A greeting gets an answer about the demo.
+    let mut events = SseClient::connect(&format!("{api}/api/events?after=0"), &[], None).await?;
+    post_json(
+        &http,
+        &format!("{api}/api/messages"),
+        "hello",
+        json!({"content": "Hello! What can you do?"}),
+    )
+    .await?;
+    let received = events.collect_until(WAIT, is_assistant_completion).await?;
+    let reply = received
+        .last()
+        .map(|e| e.json())
+        .transpose()?
+        .unwrap_or_default();
+    assert!(
+        reply["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("demo/hello"),
+        "{reply}"
+    );
+
+    // A change request gets a proposal for the demo repository; confirm it.
+    post_json(
+        &http,
+        &format!("{api}/api/messages"),
+        "change",
+        json!({"content": "please add a greeting to demo/hello"}),
+    )
+    .await?;
+    let messages_url = format!("{api}/api/messages");
+    let messages_url = messages_url.as_str();
+    let http_ref = &http;
+    let proposal = wait_for(&mut events, "the proposal", move || async move {
+        let page = get_json(http_ref, messages_url).await?;
+        Ok(page["messages"].as_array().and_then(|messages| {
+            messages
+                .iter()
+                .flat_map(|m| m["proposals"].as_array().cloned().unwrap_or_default())
+                .next()
+        }))
+    })
+    .await?;
+    assert_eq!(proposal["repo"], "demo/hello", "{proposal}");
+    assert_eq!(proposal["title"], "Add a greeting", "{proposal}");
+    let proposal_id = proposal["id"].as_str().context("no proposal id")?;
+    let confirmed = post_json(
+        &http,
+        &format!("{api}/api/proposals/{proposal_id}/confirm"),
+        "confirm",
+        json!({}),
+    )
+    .await?;
+    let id = confirmed["task"]["id"]
+        .as_str()
+        .context("no task id")?
+        .to_string();
+
+    // The agent plans; approve the plan as a user would.
+    let task = wait_task(&mut events, &http, &api, &id, "waiting_plan_review").await?;
+    assert!(
+        task["plan"]
+            .as_str()
+            .unwrap_or("")
+            .contains("src/add_a_greeting.rs"),
+        "{task}"
+    );
+    post_json(
+        &http,
+        &format!("{api}/api/tasks/{id}/review-plan"),
+        "approve",
+        json!({"action": "approve"}),
+    )
+    .await?;
+
+    // Implementation, one CI failure and its fix, ready for review, and the demo merges it.
+    let task = wait_task(&mut events, &http, &api, &id, "merged").await?;
+    let issue = task["issue_number"].as_i64().context("no issue number")?;
+    let pr = task["pr_number"].as_i64().context("no PR number")?;
+    let runs: Vec<&str> = task["runs"]
+        .as_array()
+        .map(|runs| runs.iter().filter_map(|r| r["mode"].as_str()).collect())
+        .unwrap_or_default();
+    for mode in ["plan", "implement", "fix"] {
+        assert_eq!(
+            runs.iter().filter(|m| **m == mode).count(),
+            1,
+            "{mode}: {runs:?}"
+        );
+    }
+    assert!(
+        task["cost"]["output_tokens"].as_i64().unwrap_or(0) > 0,
+        "{task}"
+    );
+
+    // The fake GitHub shows the merged PR and the closed issue to the banner's token.
+    let as_user = |path: String| {
+        http.get(format!("{github}{path}"))
+            .bearer_auth(&token)
+            .send()
+    };
+    let pull: Value = as_user(format!("/repos/demo/hello/pulls/{pr}"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(pull["merged"], true, "{pull}");
+    let issue: Value = as_user(format!("/repos/demo/hello/issues/{issue}"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(issue["state"], "closed", "{issue}");
+    drop(events);
+
+    // Ctrl-C stops it all, and the demo's state goes with it.
+    let status = interrupt(&mut dev).await?;
+    assert!(status.success(), "Ctrl-C ends the demo cleanly: {status}");
+    assert!(!state_dir.exists(), "{} is left", state_dir.display());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", ports.0)).is_err());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", ports.1)).is_err());
     Ok(())
 }

@@ -18,7 +18,7 @@ pub const TASK_WAIT: Duration = Duration::from_secs(120);
 
 /// The Claude Code CLI the tests run: `MAINLOOP_CLAUDE_BIN`, else the one `scripts/setup`
 /// installs, else `claude` on PATH.
-fn claude_bin() -> PathBuf {
+pub fn claude_bin() -> PathBuf {
     if let Ok(path) = std::env::var("MAINLOOP_CLAUDE_BIN") {
         return PathBuf::from(path);
     }
@@ -31,7 +31,7 @@ fn claude_bin() -> PathBuf {
 }
 
 /// `mainloop-agent`, built beside `mainloop` (built here if a single-package test run did not).
-fn agent_bin() -> Result<PathBuf> {
+pub fn agent_bin() -> Result<PathBuf> {
     let beside = Path::new(env!("CARGO_BIN_EXE_mainloop")).with_file_name("mainloop-agent");
     if !beside.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
