@@ -10,12 +10,16 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let shutdown = shutdown_on_signals();
     let result = match cli.command {
-        Command::Dev(args) => dev::run(args, shutdown).await,
-        Command::Serve(args) => run::serve(args, shutdown).await,
-        Command::Worker(args) => run::worker(args, shutdown).await,
-        Command::Migrate(args) => run::migrate(args).await,
+        Command::Dev(args) => dev::run(args, shutdown_on_signals()).await,
+        Command::Serve(args) => run::serve(args, shutdown_on_signals()).await,
+        Command::Worker(args) => run::worker(args, shutdown_on_signals()).await,
+        Command::Migrate(args) => {
+            let _first_signal_waits = shutdown_on_signals();
+            run::migrate(args).await
+        }
+        // It holds no state: a signal ends it the default way.
+        Command::Mcp => run::mcp().await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

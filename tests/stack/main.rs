@@ -7,4 +7,5 @@ mod faults;
 mod harness;
 mod histories;
 mod long_thread;
+mod subscription;
 mod tasks;

@@ -18,7 +18,7 @@ const TASK_WAIT: Duration = Duration::from_secs(120);
 
 /// The Claude Code CLI the tests run: `MAINLOOP_CLAUDE_BIN`, else the one `scripts/setup`
 /// installs, else `claude` on PATH.
-fn claude_bin() -> PathBuf {
+pub fn claude_bin() -> PathBuf {
     if let Ok(path) = std::env::var("MAINLOOP_CLAUDE_BIN") {
         return PathBuf::from(path);
     }
