@@ -45,7 +45,13 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Apply database migrations and exit.
     Migrate(StoreArgs),
+    /// The chat's MCP server on stdio (its `propose_task` tool), which the worker gives the
+    /// Claude Code CLI when the chat runs on a Claude subscription. Not for running by hand.
+    Mcp,
 }
+
+/// Where the Anthropic API is unless `ANTHROPIC_BASE_URL` says otherwise.
+pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -195,16 +201,13 @@ pub struct WorkerSettingsArgs {
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// Anthropic API key for the main thread (without one, chat turns answer with an error
-    /// that says so).
+    /// Anthropic API key for the main thread. Without one, a Claude subscription token
+    /// (CLAUDE_CODE_OAUTH_TOKEN) runs the chat through the Claude Code CLI; without either,
+    /// chat turns answer with an error that says so.
     #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
     pub anthropic_api_key: Option<String>,
     /// Base URL of the Anthropic API.
-    #[arg(
-        long,
-        env = "ANTHROPIC_BASE_URL",
-        default_value = "https://api.anthropic.com"
-    )]
+    #[arg(long, env = "ANTHROPIC_BASE_URL", default_value = DEFAULT_ANTHROPIC_BASE_URL)]
     pub anthropic_base_url: String,
     /// Model of the main thread.
     #[arg(long, env = "MAINLOOP_CHAT_MODEL", default_value = "claude-haiku-4-5")]
@@ -282,7 +285,8 @@ pub struct TaskArgs {
     /// The `mainloop-agent` binary of local jobs (default: next to this binary, else PATH).
     #[arg(long, env = "MAINLOOP_AGENT_BIN")]
     pub agent_bin: Option<PathBuf>,
-    /// The Claude Code CLI local jobs run (default: `claude` on PATH).
+    /// The Claude Code CLI local jobs run, and the chat on a Claude subscription (default:
+    /// `claude` on PATH).
     #[arg(long, env = "MAINLOOP_CLAUDE_BIN")]
     pub claude_bin: Option<PathBuf>,
     /// Workspaces of local jobs (default: `jobs` in the data directory).
@@ -295,7 +299,8 @@ pub struct TaskArgs {
         default_value = "ghcr.io/mainloop-dev/mainloop-agent:latest"
     )]
     pub agent_image: String,
-    /// Claude subscription token for the agents (used when ANTHROPIC_API_KEY is not set).
+    /// Claude subscription token for the agents, and for the chat (through the Claude Code
+    /// CLI); used when ANTHROPIC_API_KEY is not set.
     #[arg(long, env = "CLAUDE_CODE_OAUTH_TOKEN", hide_env_values = true)]
     pub claude_code_oauth_token: Option<String>,
     /// Author name of the agents' commits.

@@ -1,6 +1,6 @@
 //! The `mainloop` binary's library half: configuration and the wiring of the crates into
-//! running services (`dev`, `serve`, `worker`, `migrate`). `main.rs` only parses and calls in;
-//! benchmarks and tools reuse the same wiring.
+//! running services (`dev`, `serve`, `worker`, `migrate`, `mcp`). `main.rs` only parses and
+//! calls in; benchmarks and tools reuse the same wiring.
 
 pub mod config;
 pub mod demo;

@@ -10,12 +10,14 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let shutdown = shutdown_on_signals();
     let result = match cli.command {
-        Command::Dev(args) => dev::run(args, shutdown).await,
-        Command::Serve(args) => run::serve(args, shutdown).await,
-        Command::Worker(args) => run::worker(args, shutdown).await,
+        Command::Dev(args) => dev::run(args, shutdown_on_signals()).await,
+        Command::Serve(args) => run::serve(args, shutdown_on_signals()).await,
+        Command::Worker(args) => run::worker(args, shutdown_on_signals()).await,
+        // Neither holds state a signal could lose (each migration is one transaction): a
+        // signal ends them the default way.
         Command::Migrate(args) => run::migrate(args).await,
+        Command::Mcp => run::mcp().await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

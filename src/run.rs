@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use mainloop_activities::ChatActivities;
 use mainloop_activities::anthropic::AnthropicClient;
 use mainloop_activities::chat::{ActivityTiming, ChatSettings, ThreadConfig};
+use mainloop_activities::chat_cli::{ClaudeCli, ClaudeCliSettings};
+use mainloop_activities::{ChatActivities, ChatBackend};
 use mainloop_api::{ApiSettings, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink};
 use mainloop_store::{Backend, Store, redact_url};
 use mainloop_workflows::TemporalSettings;
@@ -16,8 +17,8 @@ use mainloop_workflows::worker::{self, Implementations, WorkerSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    ApiArgs, AuthArg, ChatArgs, GitHubArgs, QueueArgs, RunnerArg, ServeArgs, StoreArgs, TaskArgs,
-    WorkerArgs, WorkerSettingsArgs,
+    ApiArgs, AuthArg, ChatArgs, DEFAULT_ANTHROPIC_BASE_URL, GitHubArgs, QueueArgs, RunnerArg,
+    ServeArgs, StoreArgs, TaskArgs, WorkerArgs, WorkerSettingsArgs,
 };
 use mainloop_activities::github::{GitHub, GitHubSettings};
 use mainloop_activities::jobs::JobRunner;
@@ -31,6 +32,13 @@ pub async fn migrate(args: StoreArgs) -> Result<()> {
     store.close().await;
     println!("migrations applied");
     Ok(())
+}
+
+/// `mainloop mcp`: the chat's MCP server on stdin and stdout, until its client closes stdin.
+pub async fn mcp() -> Result<()> {
+    mainloop_activities::mcp::serve(tokio::io::stdin(), tokio::io::stdout())
+        .await
+        .context("serving MCP on stdio")
 }
 
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
@@ -217,21 +225,22 @@ pub async fn run_worker(
         chat,
         ..
     } = parts;
-    let model = match &chat.anthropic_api_key {
-        Some(key) if !key.trim().is_empty() => Some(
-            AnthropicClient::new(
-                &chat.anthropic_base_url,
-                key.trim(),
-                Duration::from_secs(10),
-                chat.model_idle_timeout,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    let backend = chat_backend(chat, parts.tasks, &parts.data_dir)?;
+    match &backend {
+        ChatBackend::NotConfigured => tracing::warn!(
+            "neither ANTHROPIC_API_KEY nor CLAUDE_CODE_OAUTH_TOKEN is set: chat turns will \
+             answer with an error"
         ),
-        _ => {
-            tracing::warn!("ANTHROPIC_API_KEY is not set: chat turns will answer with an error");
-            None
+        ChatBackend::Cli(cli) => tracing::info!(
+            backend = backend.describe(),
+            model = %chat.chat_model,
+            claude = %cli.settings().bin.display(),
+            "chat"
+        ),
+        ChatBackend::Api(_) => {
+            tracing::info!(backend = backend.describe(), model = %chat.chat_model, "chat");
         }
-    };
+    }
     let settings = chat_settings(chat);
     if parts
         .github
@@ -249,7 +258,7 @@ pub async fn run_worker(
             sticky_timeout: worker_args.sticky_timeout,
         },
         Implementations {
-            chat: ChatActivities::new(store.clone(), model, settings),
+            chat: ChatActivities::new(store.clone(), backend, settings),
             tasks: TaskActivities::new(
                 store,
                 github_client(parts.github)?,
@@ -260,6 +269,55 @@ pub async fn run_worker(
         shutdown,
     )
     .await
+}
+
+/// What answers the chat: the Messages API when there is an API key; else, with a Claude
+/// subscription token, the Claude Code CLI (with `mainloop mcp` for its tool); else nothing.
+pub fn chat_backend(
+    chat: &ChatArgs,
+    tasks: &TaskArgs,
+    data_dir: &std::path::Path,
+) -> Result<ChatBackend> {
+    let secret = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    if let Some(key) = secret(&chat.anthropic_api_key) {
+        let client = AnthropicClient::new(
+            &chat.anthropic_base_url,
+            &key,
+            Duration::from_secs(10),
+            chat.model_idle_timeout,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Ok(ChatBackend::Api(client));
+    }
+    let Some(token) = secret(&tasks.claude_code_oauth_token) else {
+        return Ok(ChatBackend::NotConfigured);
+    };
+    let base_url = chat.anthropic_base_url.trim_end_matches('/');
+    let cli = ClaudeCli::new(ClaudeCliSettings {
+        bin: tasks
+            .claude_bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("claude")),
+        oauth_token: token,
+        // The CLI's own default unless another API is configured (the tests' fake).
+        base_url: (base_url != DEFAULT_ANTHROPIC_BASE_URL).then(|| base_url.to_string()),
+        mcp_server: std::env::current_exe()
+            .context("finding the mainloop binary (the chat's MCP server)")?,
+        dir: data_dir.join("chat-claude"),
+        idle_timeout: chat.model_idle_timeout,
+        path: std::env::var("PATH")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string()),
+    })
+    .with_context(|| format!("creating {}", data_dir.join("chat-claude").display()))?;
+    Ok(ChatBackend::Cli(cli))
 }
 
 /// The chat activities' settings, and the main thread's, from the command line.
@@ -425,5 +483,82 @@ async fn job_runner(parts: &WorkerParts<'_>) -> Result<Arc<dyn JobRunner>> {
                 .map_err(|e| anyhow::anyhow!("connecting to Kubernetes: {e}"))?;
             Ok(Arc::new(runner))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    fn backend(flags: &[&str], data_dir: &std::path::Path) -> ChatBackend {
+        let cli = Cli::try_parse_from(
+            ["mainloop", "worker"]
+                .iter()
+                .chain(flags)
+                .copied()
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Worker(args) = cli.command else {
+            panic!("not the worker");
+        };
+        chat_backend(&args.chat, &args.tasks, data_dir).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    #[test]
+    fn the_api_key_wins_then_the_subscription_token_runs_the_cli() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let both = [
+            "--anthropic-api-key",
+            "sk-test",
+            "--claude-code-oauth-token",
+            "oat",
+        ];
+        assert!(matches!(backend(&both, dir.path()), ChatBackend::Api(_)));
+
+        let token = [
+            "--anthropic-api-key",
+            " ",
+            "--claude-code-oauth-token",
+            "oat",
+        ];
+        let ChatBackend::Cli(cli) = backend(&token, dir.path()) else {
+            panic!("not the CLI");
+        };
+        let settings = cli.settings();
+        assert_eq!(settings.oauth_token, "oat");
+        assert_eq!(settings.base_url, None, "the CLI keeps its own default");
+        assert_eq!(settings.dir, dir.path().join("chat-claude"));
+        assert!(dir.path().join("chat-claude/home").is_dir());
+        // The token is never in a debug print.
+        assert!(!format!("{cli:?}").contains("oat\""));
+
+        let fake = [
+            "--anthropic-api-key",
+            "",
+            "--claude-code-oauth-token",
+            "oat",
+            "--anthropic-base-url",
+            "http://127.0.0.1:9/",
+            "--claude-bin",
+            "/opt/claude",
+        ];
+        let ChatBackend::Cli(cli) = backend(&fake, dir.path()) else {
+            panic!("not the CLI");
+        };
+        assert_eq!(
+            cli.settings().base_url.as_deref(),
+            Some("http://127.0.0.1:9")
+        );
+        assert_eq!(cli.settings().bin, PathBuf::from("/opt/claude"));
+
+        let neither = ["--anthropic-api-key", "", "--claude-code-oauth-token", ""];
+        assert!(matches!(
+            backend(&neither, dir.path()),
+            ChatBackend::NotConfigured
+        ));
     }
 }

@@ -2,6 +2,9 @@
 //! tools, stream text into the event log, store the reply), compaction of old messages into
 //! the summary, and the small store writes the workflow makes as local activities.
 //!
+//! The model is the Messages API (an API key), or the Claude Code CLI on a Claude
+//! subscription (`chat_cli`); the worker picks one at start-up ([`ChatBackend`]).
+//!
 //! Every activity here may run more than once for the same input; each is written so that a
 //! repeat has the effect of one run: a user message gets one reply, a proposal is stored once
 //! per (reply, ordinal), a compaction key is applied once.
@@ -22,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::anthropic::{
     AnthropicClient, ApiMessage, ApiRole, Block, ModelError, Request, StreamError, Tool,
 };
+use crate::chat_cli::ClaudeCli;
 use crate::errors::{permanent, retryable, store_error};
 use crate::heartbeat::Heartbeat;
 use crate::pricing::{self, Tokens};
@@ -141,30 +145,57 @@ pub mod failure_type {
     pub const MESSAGE_NOT_FOUND: &str = "MessageNotFound";
 }
 
+/// What answers the chat: chosen once, at start-up, from the worker's configuration.
+#[derive(Debug, Clone)]
+pub enum ChatBackend {
+    /// The Messages API with an API key (`ANTHROPIC_API_KEY`).
+    Api(AnthropicClient),
+    /// The Claude Code CLI with a subscription token (`CLAUDE_CODE_OAUTH_TOKEN`).
+    Cli(ClaudeCli),
+    /// Neither is configured: turns end in a visible error that says what to configure.
+    NotConfigured,
+}
+
+impl ChatBackend {
+    /// How the start-up log names it.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ChatBackend::Api(_) => "Anthropic API (ANTHROPIC_API_KEY)",
+            ChatBackend::Cli(_) => "Claude Code CLI with a subscription (CLAUDE_CODE_OAUTH_TOKEN)",
+            ChatBackend::NotConfigured => "none",
+        }
+    }
+}
+
 pub struct ChatActivities {
     store: Store,
-    model: Option<AnthropicClient>,
+    backend: ChatBackend,
     settings: ChatSettings,
 }
 
 impl ChatActivities {
-    /// `model` is `None` when no API key is configured: turns then end in a visible error
-    /// that says what to configure.
-    pub fn new(store: Store, model: Option<AnthropicClient>, settings: ChatSettings) -> Self {
+    pub fn new(store: Store, backend: ChatBackend, settings: ChatSettings) -> Self {
         ChatActivities {
             store,
-            model,
+            backend,
             settings,
         }
     }
 
-    fn model(&self) -> Result<&AnthropicClient, ActivityError> {
-        self.model.as_ref().ok_or_else(|| {
-            permanent(
-                failure_type::MODEL_NOT_CONFIGURED,
-                "no model is configured: set ANTHROPIC_API_KEY for the worker",
-            )
-        })
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn settings(&self) -> &ChatSettings {
+        &self.settings
+    }
+
+    fn not_configured() -> ActivityError {
+        permanent(
+            failure_type::MODEL_NOT_CONFIGURED,
+            "no model is configured: set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN, for a \
+             Claude subscription) for the worker",
+        )
     }
 }
 
@@ -206,7 +237,9 @@ impl ChatActivities {
         {
             return self.already_answered(&input.user, reply).await;
         }
-        let model = self.model()?.clone();
+        if matches!(self.backend, ChatBackend::NotConfigured) {
+            return Err(Self::not_configured());
+        }
         let started = self
             .store
             .start_reply(&input.user, &input.message_id)
@@ -219,8 +252,21 @@ impl ChatActivities {
         let _heartbeat = Heartbeat::start(ctx.clone(), self.settings.heartbeat_interval);
         // Temporal cancels an attempt it has given up on (timed out, say): stop streaming then,
         // rather than compete with the attempt that replaces it.
+        let conversed = async {
+            match &self.backend {
+                ChatBackend::Api(model) => {
+                    self.converse(model, &input.user, &reply_id, started.attempt, &context)
+                        .await
+                }
+                ChatBackend::Cli(cli) => {
+                    self.converse_cli(cli, &input.user, &reply_id, started.attempt, &context)
+                        .await
+                }
+                ChatBackend::NotConfigured => Err(Self::not_configured()),
+            }
+        };
         let result = tokio::select! {
-            result = self.converse(&model, &input.user, &reply_id, started.attempt, &context) => result,
+            result = conversed => result,
             _ = ctx.cancelled() => Err(ActivityError::cancelled()),
         };
         let outcome = result?;
@@ -229,7 +275,9 @@ impl ChatActivities {
             input_tokens: outcome.tokens.input,
             output_tokens: outcome.tokens.output,
             cache_tokens: outcome.tokens.cache(),
-            cost_usd: pricing::cost_usd(&self.settings.model, outcome.tokens),
+            cost_usd: outcome
+                .cost_usd
+                .or_else(|| pricing::cost_usd(&self.settings.model, outcome.tokens)),
         };
         self.store
             .finish_reply(
@@ -296,27 +344,32 @@ impl ChatActivities {
         } else {
             plan.previous_summary.clone()
         };
-        let request = Request {
-            model: self.settings.summary_model.clone(),
-            max_tokens: 1500,
-            system: SUMMARY_PROMPT.to_string(),
-            messages: vec![ApiMessage {
-                role: ApiRole::User,
-                content: vec![Block::Text {
-                    text: format!(
-                        "<summary>\n{previous}\n</summary>\n\n<new_messages>\n{transcript}\n\
-                         </new_messages>\n\nWrite the updated summary."
-                    ),
-                }],
-            }],
-            tools: Vec::new(),
+        let prompt = format!(
+            "<summary>\n{previous}\n</summary>\n\n<new_messages>\n{transcript}\n\
+             </new_messages>\n\nWrite the updated summary."
+        );
+        let summary = match &self.backend {
+            ChatBackend::Api(model) => {
+                let request = Request {
+                    model: self.settings.summary_model.clone(),
+                    max_tokens: 1500,
+                    system: SUMMARY_PROMPT.to_string(),
+                    messages: vec![ApiMessage {
+                        role: ApiRole::User,
+                        content: vec![Block::Text { text: prompt }],
+                    }],
+                    tools: Vec::new(),
+                };
+                let completion = model.complete(&request).await.map_err(model_error)?;
+                completion.text()
+            }
+            ChatBackend::Cli(cli) => {
+                cli.complete(&self.settings.summary_model, SUMMARY_PROMPT, prompt)
+                    .await?
+            }
+            ChatBackend::NotConfigured => return Err(Self::not_configured()),
         };
-        let completion = self
-            .model()?
-            .complete(&request)
-            .await
-            .map_err(model_error)?;
-        let summary = completion.text().trim().to_string();
+        let summary = summary.trim().to_string();
         if summary.is_empty() {
             return Err(retryable("the model wrote an empty summary", None));
         }
@@ -401,10 +454,13 @@ impl ChatActivities {
     }
 }
 
-struct Outcome {
-    text: String,
-    proposals: Vec<Proposal>,
-    tokens: Tokens,
+/// What a turn produced, whichever backend ran it.
+pub(crate) struct Outcome {
+    pub text: String,
+    pub proposals: Vec<Proposal>,
+    pub tokens: Tokens,
+    /// The cost as the backend reported it (the CLI does); none: priced from `tokens`.
+    pub cost_usd: Option<f64>,
 }
 
 impl ChatActivities {
@@ -508,15 +564,11 @@ impl ChatActivities {
             }
             let mut results = Vec::new();
             for (id, name, input) in tool_uses {
-                let (content, is_error) = if name == "propose_task" {
+                let (content, is_error) = if name == PROPOSE_TASK {
                     match self.propose(user, reply_id, proposals.len(), &input).await {
                         Ok(Ok(proposal)) => {
-                            let content = format!(
-                                "Proposal shown to the user as a card (id {}): \"{}\" in {}. \
-                                 Nothing runs until they press Confirm; they may also edit or \
-                                 reject it. Tell them briefly what you proposed.",
-                                proposal.id, proposal.title, proposal.repo
-                            );
+                            let content =
+                                proposal_shown(Some(&proposal.id), &proposal.title, &proposal.repo);
                             proposals.push(proposal);
                             (content, false)
                         }
@@ -552,20 +604,19 @@ impl ChatActivities {
         result?;
         written.map_err(store_error)?;
         if text.trim().is_empty() && !proposals.is_empty() {
-            // The model proposed without a word; the card speaks for itself, but the thread
-            // should not show an empty bubble.
-            text = "I've proposed a task; confirm it below to start.".to_string();
+            text = PROPOSED_WITHOUT_A_WORD.to_string();
         }
         Ok(Outcome {
             text,
             proposals,
             tokens,
+            cost_usd: None,
         })
     }
 
     /// Validates a `propose_task` call and stores the proposal. The inner error is the reason
     /// the model gets back (it may try again); the outer one fails the turn.
-    async fn propose(
+    pub(crate) async fn propose(
         &self,
         user: &str,
         reply_id: &str,
@@ -602,18 +653,36 @@ impl ChatActivities {
     }
 }
 
+/// The reply when the model proposed without a word: the card speaks for itself, but the
+/// thread should not show an empty bubble.
+pub(crate) const PROPOSED_WITHOUT_A_WORD: &str = "I've proposed a task; confirm it below to start.";
+
+/// What the model is told after a valid `propose_task` call (`id` is the stored proposal's,
+/// when the caller knows it).
+pub fn proposal_shown(id: Option<&str>, title: &str, repo: &str) -> String {
+    let id = id.map(|id| format!(" (id {id})")).unwrap_or_default();
+    format!(
+        "Proposal shown to the user as a card{id}: \"{title}\" in {repo}. Nothing runs until \
+         they press Confirm; they may also edit or reject it. Tell them briefly what you proposed."
+    )
+}
+
 const PROPOSAL_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6d61696e_6c6f_6f70_7072_6f706f73616c);
 
-struct ValidProposal {
-    title: String,
-    description: String,
-    repo: String,
-    model: Option<String>,
-    skip_planning: bool,
+/// A `propose_task` call that passed [`validate_proposal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidProposal {
+    pub title: String,
+    pub description: String,
+    /// `owner/name`.
+    pub repo: String,
+    pub model: Option<String>,
+    pub skip_planning: bool,
 }
 
-fn validate_proposal(input: &Value) -> Result<ValidProposal, String> {
+/// Checks a `propose_task` call's input; the error is a reason the model can act on.
+pub fn validate_proposal(input: &Value) -> Result<ValidProposal, String> {
     let text = |field: &str, max: usize| -> Result<String, String> {
         let value = input
             .get(field)
@@ -670,7 +739,7 @@ fn speaker(role: Role) -> &'static str {
 /// their messages), then the message being answered. Error placeholders are left out, a
 /// reply's proposals are noted in its text, same-role neighbours are merged, and the first
 /// message is the user's (as the API requires).
-fn api_messages(context: &TurnContext) -> Vec<ApiMessage> {
+pub(crate) fn api_messages(context: &TurnContext) -> Vec<ApiMessage> {
     let mut out: Vec<ApiMessage> = Vec::new();
     let entries = context
         .history
@@ -746,7 +815,7 @@ the user and their preferences, decisions, repositories, tasks proposed (and whe
 confirmed or rejected), open questions and commitments. Drop small talk. Be concise: at most \
 about 400 words. Write only the summary.";
 
-fn system_prompt(context: &TurnContext) -> String {
+pub(crate) fn system_prompt(context: &TurnContext) -> String {
     let mut prompt = BASE_PROMPT.to_string();
     if !context.recent_repos.is_empty() {
         prompt.push_str("\n\nRepositories the user worked with recently:\n");
@@ -762,9 +831,14 @@ fn system_prompt(context: &TurnContext) -> String {
     prompt
 }
 
-fn propose_task_tool() -> Tool {
+/// The name of the tool the model proposes tasks with.
+pub const PROPOSE_TASK: &str = "propose_task";
+
+/// The `propose_task` tool: its description and input schema (the Messages API's and the MCP
+/// server's).
+pub fn propose_task_tool() -> Tool {
     Tool {
-        name: "propose_task".into(),
+        name: PROPOSE_TASK.into(),
         description: "Propose a worker task: a coding agent that plans the change in a GitHub \
                       issue, implements it in a draft pull request, fixes CI and marks the pull \
                       request ready for review. The user sees the proposal as a card and must \
@@ -813,7 +887,7 @@ fn model_error(error: ModelError) -> ActivityError {
 /// Writes streamed text into the event log: the first piece at once (it is what the user is
 /// waiting for), then in batches, so a long reply costs tens of rows, not thousands. Text sent
 /// to the returned channel is written; the task ends once the channel is dropped.
-fn spawn_text_writer(
+pub(crate) fn spawn_text_writer(
     store: Store,
     user: String,
     reply_id: String,

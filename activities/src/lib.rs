@@ -4,13 +4,15 @@
 
 pub mod anthropic;
 pub mod chat;
+pub mod chat_cli;
 mod errors;
 pub mod github;
 mod heartbeat;
 pub mod jobs;
+pub mod mcp;
 pub mod pricing;
 pub mod repo;
 pub mod task_text;
 pub mod tasks;
 
-pub use chat::{ChatActivities, ChatSettings, ThreadConfig};
+pub use chat::{ChatActivities, ChatBackend, ChatSettings, ThreadConfig};
