@@ -34,6 +34,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Everything in one process for a single machine: a Temporal dev server (child
