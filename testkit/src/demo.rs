@@ -540,8 +540,10 @@ fn agent_reply(request: &RecordedRequest) -> Reply {
     let job = Job::of(&prompt);
     let title = task_title(&prompt);
     let file = change_file(&title);
+    let answered = prompt.contains("Answers to your earlier questions");
     if after_tool(request) {
         let summary = match job {
+            Job::Plan if !answered => "I have two questions before I can plan.".to_string(),
             Job::Plan => "The plan is ready for review.".to_string(),
             Job::Implement => format!(
                 "Added `{file}` for \"{title}\". This is a scripted demo change: mainloop's demo \
@@ -555,6 +557,32 @@ fn agent_reply(request: &RecordedRequest) -> Reply {
         return Reply::text(summary).with_usage(900, 60);
     }
     match job {
+        // The first plan job asks, so that a demo shows the questions too.
+        Job::Plan if !answered => Reply::tool_use(
+            "AskUserQuestion",
+            json!({"questions": [
+                {
+                    "question": "Where should the change live?",
+                    "header": "Placement",
+                    "options": [
+                        {"label": "A new module", "description": "One file per task (recommended)"},
+                        {"label": "src/lib.rs", "description": "Next to the existing code"}
+                    ],
+                    "multiSelect": false
+                },
+                {
+                    "question": "Which checks should come with it?",
+                    "header": "Checks",
+                    "options": [
+                        {"label": "Unit test"},
+                        {"label": "Doc comment"},
+                        {"label": "Changelog entry"}
+                    ],
+                    "multiSelect": true
+                }
+            ]}),
+        )
+        .with_usage(1800, 200),
         Job::Plan => {
             let mut plan = format!(
                 "## Summary\n\n{title}, as a small self-contained change to `{DEMO_REPO}`. \
@@ -564,6 +592,14 @@ fn agent_reply(request: &RecordedRequest) -> Reply {
                  ## Considerations\n\n- Add a unit test next to the change.\n\
                  - The demo's CI fails once on purpose, so that you can watch a fix job.\n"
             );
+            let decisions: Vec<String> = prompt
+                .lines()
+                .filter_map(|line| line.trim().strip_prefix("A: "))
+                .map(|answer| format!("- {answer}"))
+                .collect();
+            if !decisions.is_empty() {
+                plan.push_str(&format!("\n## Your answers\n\n{}\n", decisions.join("\n")));
+            }
             if let Some(revision) = quoted_section(&prompt, "Changes the user asked for") {
                 plan.push_str(&format!("\n## Revised as you asked\n\n{revision}\n"));
             }
@@ -702,10 +738,26 @@ mod tests {
     #[test]
     fn the_agent_plans_then_edits_one_file_per_task() {
         let task = "# Task: Add a greeting\n\nSay hello.\n\nRepository: demo/hello\n\n";
+        // First it asks; once answered, it plans with the answers.
+        let (name, input) = tool(&demo_model(&agent(&format!(
+            "{task}## What to do\n\nYou are in plan mode"
+        ))));
+        assert_eq!(name, "AskUserQuestion");
+        assert_eq!(input["questions"].as_array().map(Vec::len), Some(2));
+        let task = format!(
+            "{task}## Answers to your earlier questions\n\n- Q: Where?\n  A: A new module\n\n"
+        );
+        let task = task.as_str();
         let (name, input) = tool(&demo_model(&agent(&format!(
             "{task}## What to do\n\nYou are in plan mode"
         ))));
         assert_eq!(name, "ExitPlanMode");
+        assert!(
+            input["plan"]
+                .as_str()
+                .unwrap_or("")
+                .contains("- A new module")
+        );
         assert!(
             input["plan"]
                 .as_str()

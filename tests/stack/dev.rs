@@ -399,8 +399,31 @@ async fn mainloop_dev_demo_takes_a_change_from_chat_to_a_merged_pr_with_no_accou
         .context("no task id")?
         .to_string();
 
-    // The agent plans; approve the plan as a user would.
+    // The agent asks two questions first; answer them as a user would.
+    let task = wait_task(&mut events, &http, &api, &id, "waiting_questions").await?;
+    let questions = task["questions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(questions.len(), 2, "{task}");
+    let answers: serde_json::Map<String, Value> = questions
+        .iter()
+        .filter_map(|q| {
+            let label = q["options"][0]["label"].clone();
+            Some((q["id"].as_str()?.to_string(), label))
+        })
+        .collect();
+    post_json(
+        &http,
+        &format!("{api}/api/tasks/{id}/answer"),
+        "answer",
+        json!({ "answers": answers }),
+    )
+    .await?;
+
+    // Then it plans, with the answers; approve the plan.
     let task = wait_task(&mut events, &http, &api, &id, "waiting_plan_review").await?;
+    assert!(
+        task["plan"].as_str().unwrap_or("").contains("A new module"),
+        "{task}"
+    );
     assert!(
         task["plan"]
             .as_str()
@@ -424,10 +447,10 @@ async fn mainloop_dev_demo_takes_a_change_from_chat_to_a_merged_pr_with_no_accou
         .as_array()
         .map(|runs| runs.iter().filter_map(|r| r["mode"].as_str()).collect())
         .unwrap_or_default();
-    for mode in ["plan", "implement", "fix"] {
+    for (mode, count) in [("plan", 2), ("implement", 1), ("fix", 1)] {
         assert_eq!(
             runs.iter().filter(|m| **m == mode).count(),
-            1,
+            count,
             "{mode}: {runs:?}"
         );
     }
