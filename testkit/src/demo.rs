@@ -342,6 +342,11 @@ fn chat_reply(request: &RecordedRequest) -> Reply {
             _ => None,
         })
         .unwrap_or_default();
+    // Says back what it is given, verbatim: a way to see how the app renders any model text
+    // (markdown, code, and hostile HTML that must stay inert).
+    if let Some(echo) = strip_prefix_ci(message.trim_start(), "repeat after me:") {
+        return Reply::text(echo.trim()).with_usage(60, 40);
+    }
     if !wants_change(&message) {
         return Reply::text(GREETING).with_usage(120, 90);
     }
@@ -708,6 +713,15 @@ mod tests {
         assert_eq!(tool(&reply).1["repo"], DEMO_REPO);
         assert_eq!(tool(&reply).1["title"], "Fix the login bug in acme/web");
         assert!(reply.text_content().contains("every task goes to"));
+    }
+
+    #[test]
+    fn repeat_after_me_says_it_back_verbatim() {
+        let reply = demo_model(&chat(
+            "Repeat after me: <img src=x onerror=alert(1)> **hi**",
+        ));
+        assert!(reply.tool_uses().is_empty());
+        assert_eq!(reply.text_content(), "<img src=x onerror=alert(1)> **hi**");
     }
 
     #[test]
