@@ -15,7 +15,7 @@ use crate::run::{
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     // Refuse bad settings before starting anything.
-    let api = api_settings(&args.api, &args.queue)?;
+    let mut api = api_settings(&args.api, &args.queue)?;
     let data = data_dir(&args.store)?;
     let binary = match &args.temporal_bin {
         Some(path) => path.clone(),
@@ -34,6 +34,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
             data.join("temporal.log").display()
         )
     })?;
+    api.app.temporal_namespace = temporal.namespace().to_string();
+    if api.app.temporal_ui_url.is_none() {
+        api.app.temporal_ui_url = temporal.ui_url();
+    }
     let result = run_services(&args, api, &temporal, shutdown).await;
     if let Err(error) = temporal.stop().await {
         tracing::warn!(%error, "stopping the Temporal dev server");

@@ -16,6 +16,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => run::serve(args, shutdown).await,
         Command::Worker(args) => run::worker(args, shutdown).await,
         Command::Migrate(args) => run::migrate(args).await,
+        Command::Openapi => run::openapi(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,10 +1,12 @@
 //! mainloop's HTTP API (axum): JSON under `/api`, the event stream, health checks, the
-//! OpenAPI document, and the outbox relay that hands accepted input to Temporal.
+//! OpenAPI document, the web app (every other GET), and the outbox relay that hands accepted
+//! input to Temporal.
 //!
 //! Every error leaves through [`error::ApiError`]; every input is validated at this boundary
 //! and nothing is stored from a request that is refused.
 
 pub mod auth;
+pub mod config;
 pub mod error;
 mod events;
 mod extract;
@@ -16,17 +18,19 @@ mod proposals;
 mod session;
 mod tasks;
 pub mod temporal;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use axum::{BoxError, Router, middleware};
+use axum::{BoxError, Extension, Router, middleware};
 use mainloop_store::Store;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -35,9 +39,11 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{AuthConfig, AuthMode};
+pub use config::AppConfig;
 pub use error::{ApiError, code};
 pub use outbox::RelaySettings;
 pub use temporal::TemporalLink;
+pub use web::WebAssets;
 
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -47,6 +53,10 @@ pub struct ApiSettings {
     /// Longest a (non-streaming) request may take.
     pub request_timeout: Duration,
     pub relay: RelaySettings,
+    /// What `GET /api/config` tells the web app.
+    pub app: AppConfig,
+    /// The web app's files.
+    pub web: WebAssets,
 }
 
 #[derive(Clone)]
@@ -80,6 +90,10 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .route("/api/inbox/read-all", post(tasks::read_all))
         .route("/api/inbox/{id}/read", post(tasks::read))
         .route("/api/projects", get(tasks::projects))
+        .route(
+            "/api/config",
+            get(config::get).layer(Extension(Arc::new(settings.app.clone()))),
+        )
         .layer(timed.clone())
         // The event stream lives as long as the client wants: no request timeout.
         .route("/api/events", get(events::stream))
@@ -95,10 +109,11 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .route("/api/logout", post(session::logout))
         .route("/api/session", get(session::info))
         .layer(timed);
+    let web = Arc::new(settings.web.clone());
     Router::new()
         .merge(authenticated)
         .merge(public)
-        .fallback(not_found)
+        .fallback(move |request: Request| async move { web::serve(&web, request).await })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(auth::same_origin))
         .layer(DefaultBodyLimit::max(settings.body_limit))
@@ -146,10 +161,6 @@ pub fn spawn_relay(state: &AppState, settings: &ApiSettings) -> tokio::task::Joi
         settings.relay.clone(),
         state.shutdown.clone(),
     ))
-}
-
-async fn not_found() -> ApiError {
-    ApiError::not_found("route")
 }
 
 async fn method_not_allowed() -> ApiError {
