@@ -7,7 +7,13 @@ SHELL := /bin/bash
 export PATH := $(PATH):$(shell go env GOPATH 2>/dev/null || echo $(HOME)/go)/bin:$(HOME)/go/bin
 CARGO ?= cargo
 
-.PHONY: help setup dev test lint fmt bench histories clean
+.PHONY: help setup dev web web-types web-check e2e test lint fmt bench histories clean
+
+NPM ?= npm
+FRONTEND := frontend
+# npm ci from the committed lock file, again whenever the lock file changes.
+NODE_MODULES := $(FRONTEND)/node_modules/.installed
+E2E_MODULES := e2e/node_modules/.installed
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -15,20 +21,50 @@ help: ## Show the targets
 setup: ## Install what is missing (Temporal CLI, PostgreSQL for tests)
 	@scripts/setup
 
-dev: setup ## Run mainloop: Temporal dev server + worker + API + SQLite, on http://127.0.0.1:8080 (DEMO=1: on fakes, no accounts)
+dev: setup web ## Run mainloop: Temporal dev server + worker + API + web app + SQLite, on http://127.0.0.1:8080 (DEMO=1: on fakes, no accounts)
 	$(CARGO) build -p mainloop-agent
 	MAINLOOP_CLAUDE_BIN="$${MAINLOOP_CLAUDE_BIN:-$(CURDIR)/.tools/claude-code/node_modules/.bin/claude}" \
 		$(CARGO) run --bin mainloop -- dev $(if $(filter 1 true yes,$(DEMO)),--demo)
 
-test: setup ## Run every test (real Temporal, SQLite and PostgreSQL)
-	$(CARGO) test --workspace
+$(NODE_MODULES): $(FRONTEND)/package-lock.json $(FRONTEND)/package.json
+	cd $(FRONTEND) && $(NPM) ci --no-audit --no-fund
+	touch $@
 
-lint: ## Formatting and clippy, as CI checks them
+web: $(NODE_MODULES) ## Build the web app into frontend/build (release binaries embed it)
+	cd $(FRONTEND) && $(NPM) run build
+
+web-types: $(NODE_MODULES) ## Regenerate the web app's TypeScript types from the API's OpenAPI document
+	scripts/web-types
+
+web-check: $(NODE_MODULES) ## The web app's checks: types, unit tests, build, generated types up to date
+	cd $(FRONTEND) && $(NPM) run check
+	cd $(FRONTEND) && $(NPM) test
+	cd $(FRONTEND) && $(NPM) run build
+	scripts/web-types --check
+
+$(E2E_MODULES): e2e/package-lock.json e2e/package.json
+	cd e2e && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+e2e: setup web $(E2E_MODULES) ## The web app end to end in Chromium, against mainloop dev --demo
+	@scripts/setup --browser
+	$(CARGO) build -p mainloop -p mainloop-agent
+	cd e2e && $(NPM) test
+
+test: setup ## Run every test (real Temporal, SQLite and PostgreSQL, the web app's, end to end)
+	$(MAKE) web-check
+	$(CARGO) test --workspace
+	$(MAKE) e2e
+
+lint: $(NODE_MODULES) ## Formatting, clippy and the web app's checks, as CI checks them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd $(FRONTEND) && $(NPM) run check
+	cd $(FRONTEND) && $(NPM) run lint
 
-fmt: ## Format the code
+fmt: $(NODE_MODULES) ## Format the code
 	$(CARGO) fmt --all
+	cd $(FRONTEND) && $(NPM) run format
 
 bench: setup ## Benchmarks (DESIGN §12), printed as a table with calibration ratios
 	$(CARGO) bench --bench f1_chat
@@ -39,3 +75,4 @@ histories: setup ## Re-record the replay corpus in workflows/tests/histories
 
 clean: ## Remove build output
 	$(CARGO) clean
+	rm -rf $(FRONTEND)/build $(FRONTEND)/.svelte-kit

@@ -50,6 +50,8 @@ pub enum Command {
     /// The chat's MCP server on stdio (its `propose_task` tool), which the worker gives the
     /// Claude Code CLI when the chat runs on a Claude subscription. Not for running by hand.
     Mcp,
+    /// Print the API's OpenAPI document (JSON) and exit; the web app's types come from it.
+    Openapi,
 }
 
 /// Where the Anthropic API is unless `ANTHROPIC_BASE_URL` says otherwise.
@@ -175,6 +177,10 @@ pub struct ApiArgs {
     /// Longest wait between retries of a signal Temporal did not take.
     #[arg(long, env = "MAINLOOP_OUTBOX_MAX_BACKOFF", default_value = "10s", value_parser = humantime::parse_duration)]
     pub outbox_max_backoff: Duration,
+    /// Base URL of the Temporal Web UI, which the web app links tasks' workflows to
+    /// (`mainloop dev` defaults to its dev server's UI).
+    #[arg(long, env = "MAINLOOP_TEMPORAL_UI_URL")]
+    pub temporal_ui_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -39,7 +39,7 @@ pub async fn run(mut args: DevArgs, shutdown: CancellationToken) -> Result<()> {
 
 async fn run_temporal(
     args: &DevArgs,
-    api: ApiSettings,
+    mut api: ApiSettings,
     binary: std::path::PathBuf,
     demo: Option<&Demo>,
     shutdown: CancellationToken,
@@ -58,6 +58,10 @@ async fn run_temporal(
             data.join("temporal.log").display()
         )
     })?;
+    api.app.temporal_namespace = temporal.namespace().to_string();
+    if api.app.temporal_ui_url.is_none() {
+        api.app.temporal_ui_url = temporal.ui_url();
+    }
     let result = run_services(args, api, &temporal, demo, shutdown).await;
     if let Err(error) = temporal.stop().await {
         tracing::warn!(%error, "stopping the Temporal dev server");

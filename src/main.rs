@@ -18,6 +18,7 @@ async fn main() -> std::process::ExitCode {
         // signal ends them the default way.
         Command::Migrate(args) => run::migrate(args).await,
         Command::Mcp => run::mcp().await,
+        Command::Openapi => run::openapi(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,7 +10,9 @@ use mainloop_activities::anthropic::AnthropicClient;
 use mainloop_activities::chat::{ActivityTiming, ChatSettings, ThreadConfig};
 use mainloop_activities::chat_cli::{ClaudeCli, ClaudeCliSettings};
 use mainloop_activities::{ChatActivities, ChatBackend};
-use mainloop_api::{ApiSettings, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink};
+use mainloop_api::{
+    ApiSettings, AppConfig, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink, WebAssets,
+};
 use mainloop_store::{Backend, Store, redact_url};
 use mainloop_workflows::TemporalSettings;
 use mainloop_workflows::worker::{self, Implementations, WorkerSettings};
@@ -41,10 +43,18 @@ pub async fn mcp() -> Result<()> {
         .context("serving MCP on stdio")
 }
 
+/// Prints the OpenAPI document, which `make` turns into the web app's TypeScript types.
+pub fn openapi() -> Result<()> {
+    let document = mainloop_api::openapi::document_json().context("serialising OpenAPI")?;
+    println!("{document}");
+    Ok(())
+}
+
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
-    let settings = api_settings(&args.api, &args.queue)?;
+    let mut settings = api_settings(&args.api, &args.queue)?;
     let store = open_store(&args.store, false).await?;
     let temporal = TemporalSettings::from_env(&identity("serve"))?;
+    settings.app.temporal_namespace = temporal.namespace.clone();
     tracing::info!(address = %temporal.address(), namespace = %temporal.namespace, "Temporal");
     let link = TemporalLink::connect_in_background(temporal, shutdown.clone());
     let github = github_client(&args.github)?;
@@ -165,6 +175,16 @@ pub fn api_settings(api: &ApiArgs, queue: &QueueArgs) -> Result<ApiSettings> {
             base_backoff: Duration::from_millis(200),
             max_backoff: api.outbox_max_backoff,
         },
+        app: AppConfig {
+            temporal_ui_url: api
+                .temporal_ui_url
+                .as_deref()
+                .map(|url| url.trim_end_matches('/').to_string())
+                .filter(|url| !url.is_empty()),
+            // The caller knows the namespace once it has read Temporal's settings.
+            temporal_namespace: String::new(),
+        },
+        web: WebAssets::Built,
     })
 }
 

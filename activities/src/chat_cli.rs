@@ -974,6 +974,7 @@ mod tests {
             completed_at: None,
             usage: None,
             proposals: Vec::new(),
+            task_id: None,
         };
         let mut context = TurnContext {
             message: message(Role::User, "and now?"),

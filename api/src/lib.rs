@@ -1,10 +1,12 @@
 //! mainloop's HTTP API (axum): JSON under `/api`, the event stream, health checks, the
-//! OpenAPI document, and the outbox relay that hands accepted input to Temporal.
+//! OpenAPI document, the web app (every other GET), and the outbox relay that hands accepted
+//! input to Temporal.
 //!
 //! Every error leaves through [`error::ApiError`]; every input is validated at this boundary
 //! and nothing is stored from a request that is refused.
 
 pub mod auth;
+pub mod config;
 pub mod error;
 mod events;
 mod extract;
@@ -16,6 +18,7 @@ mod proposals;
 mod session;
 mod tasks;
 pub mod temporal;
+pub mod web;
 mod webhook;
 
 use std::sync::Arc;
@@ -23,11 +26,12 @@ use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use axum::{BoxError, Router, middleware};
+use axum::{BoxError, Extension, Router, middleware};
 use mainloop_store::Store;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -36,9 +40,11 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{AuthConfig, AuthMode};
+pub use config::AppConfig;
 pub use error::{ApiError, code};
 pub use outbox::RelaySettings;
 pub use temporal::TemporalLink;
+pub use web::WebAssets;
 
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -50,6 +56,10 @@ pub struct ApiSettings {
     pub relay: RelaySettings,
     /// The GitHub webhook secret; none: `POST /api/github/webhook` answers 404.
     pub webhook_secret: Option<Arc<str>>,
+    /// What `GET /api/config` tells the web app.
+    pub app: AppConfig,
+    /// The web app's files.
+    pub web: WebAssets,
 }
 
 #[derive(Clone)]
@@ -85,6 +95,10 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .route("/api/inbox/read-all", post(tasks::read_all))
         .route("/api/inbox/{id}/read", post(tasks::read))
         .route("/api/projects", get(tasks::projects))
+        .route(
+            "/api/config",
+            get(config::get).layer(Extension(Arc::new(settings.app.clone()))),
+        )
         .layer(timed.clone())
         // The event stream lives as long as the client wants: no request timeout.
         .route("/api/events", get(events::stream))
@@ -102,10 +116,11 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         // GitHub cannot log in: deliveries are authenticated by their signature.
         .route("/api/github/webhook", post(webhook::receive))
         .layer(timed);
+    let web = Arc::new(settings.web.clone());
     Router::new()
         .merge(authenticated)
         .merge(public)
-        .fallback(not_found)
+        .fallback(move |request: Request| async move { web::serve(&web, request).await })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(auth::same_origin))
         .layer(DefaultBodyLimit::max(settings.body_limit))
@@ -153,10 +168,6 @@ pub fn spawn_relay(state: &AppState, settings: &ApiSettings) -> tokio::task::Joi
         settings.relay.clone(),
         state.shutdown.clone(),
     ))
-}
-
-async fn not_found() -> ApiError {
-    ApiError::not_found("route")
 }
 
 async fn method_not_allowed() -> ApiError {

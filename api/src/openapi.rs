@@ -1,7 +1,11 @@
-//! The OpenAPI document of the API, generated from the handlers and types themselves.
+//! The OpenAPI document of the API, generated from the handlers and types themselves, and the
+//! schemas of the event stream's `data` (which the web app's TypeScript types are generated
+//! from, like everything else here).
 
 use axum::Json;
-use utoipa::OpenApi;
+use mainloop_store::Message;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +34,7 @@ use utoipa::OpenApi;
         crate::session::login,
         crate::session::logout,
         crate::session::info,
+        crate::config::get,
         crate::health::healthz,
         crate::health::readyz,
         crate::webhook::receive,
@@ -51,6 +56,12 @@ use utoipa::OpenApi;
         crate::tasks::CancelBody,
         crate::error::ErrorBody,
         crate::webhook::WebhookReceipt,
+        crate::config::AppConfig,
+        MessageStarted,
+        MessageDelta,
+        ThreadNotice,
+        TaskLogEvent,
+        TaskInputEvent,
     )),
     modifiers(&Security),
     security(("bearer" = []), ("session" = [])),
@@ -80,4 +91,63 @@ impl utoipa::Modify for Security {
 
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+/// The document as `mainloop openapi` prints it (and the web app's types are generated from).
+pub fn document_json() -> Result<String, serde_json::Error> {
+    ApiDoc::openapi().to_pretty_json()
+}
+
+// The store writes these payloads; the API only describes them. The event stream test reads
+// every kind back through these types (unknown fields refused), so they cannot drift apart.
+
+/// `message.started`: a reply starts streaming; a higher `attempt` replaces earlier text.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageStarted {
+    pub message_id: String,
+    /// The user message this reply answers.
+    pub reply_to: String,
+    pub attempt: i64,
+    pub message: Message,
+}
+
+/// `message.delta`: text to append to attempt `attempt` of a reply.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageDelta {
+    pub message_id: String,
+    pub attempt: i64,
+    pub text: String,
+}
+
+/// `thread.notice`: something to know that is not a message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThreadNotice {
+    /// `info`, `warning` or `error`.
+    pub level: String,
+    pub text: String,
+}
+
+/// `task.log`: a line of a job's output.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskLogEvent {
+    pub task_id: String,
+    pub job: String,
+    pub line: i64,
+    /// `agent` or `claude`.
+    pub source: String,
+    pub text: String,
+}
+
+/// `task.input`: input for a task was accepted.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskInputEvent {
+    pub task_id: String,
+    /// `answers`, `plan_review`, `retry` or `cancel`.
+    pub kind: String,
+    pub id: String,
 }

@@ -82,6 +82,9 @@ impl Api {
                 max_backoff: Duration::from_secs(1),
             },
             webhook_secret: None,
+            app: Default::default(),
+            // No web app: these tests are about the API (tests/app.rs covers the app).
+            web: mainloop_api::WebAssets::Dir(dir.path().join("no-web-build")),
         };
         let shutdown = CancellationToken::new();
         let state = AppState {
@@ -1310,7 +1313,8 @@ async fn rejecting_proposals() {
 async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let api = Api::start_none().await;
     for request in [
-        api.get("/nope"),
+        // GETs outside /api are the web app's (tests/app.rs); other methods are not.
+        api.post("/nope"),
         api.get("/api/nope"),
         api.post("/api/nope"),
         api.get("/api/messages/extra"),
@@ -1431,7 +1435,7 @@ async fn every_response_carries_the_security_headers() {
         send(api.get("/readyz")).await,
         send(api.get("/api/openapi.json")).await,
         send(api.get("/api/session")).await,
-        send(api.get("/nope")).await,
+        send(api.post("/nope")).await,
         send(api.http.delete(api.url("/api/messages"))).await,
         send(api.get("/api/messages")).await,
         send(

@@ -16,7 +16,8 @@ use crate::{Result, Store, StoreError, begin_write, db, now};
 pub const SIGNAL_MESSAGE: &str = "message";
 
 const MESSAGE_COLUMNS: &str = "seq, id, role, kind, content, status, reply_to, model, \
-     input_tokens, output_tokens, cache_tokens, cost_usd, created_at, completed_at";
+     input_tokens, output_tokens, cache_tokens, cost_usd, created_at, completed_at, \
+     idempotency_key";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct MessageRow {
@@ -34,6 +35,7 @@ pub(crate) struct MessageRow {
     cost_usd: Option<f64>,
     created_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
+    idempotency_key: Option<String>,
 }
 
 impl MessageRow {
@@ -64,6 +66,10 @@ impl MessageRow {
             }),
             _ => None,
         };
+        let task_id = match kind {
+            MessageKind::Note => self.idempotency_key.as_deref().and_then(note_task_id),
+            _ => None,
+        };
         Ok(Message {
             id: self.id,
             seq: self.seq,
@@ -76,8 +82,15 @@ impl MessageRow {
             completed_at: self.completed_at,
             usage,
             proposals,
+            task_id,
         })
     }
+}
+
+/// The task a note is about: notes are keyed `note:{task_id}/{occasion}` (see `add_note`).
+fn note_task_id(key: &str) -> Option<String> {
+    let (task_id, _) = key.strip_prefix("note:")?.split_once('/')?;
+    (!task_id.is_empty()).then(|| task_id.to_string())
 }
 
 /// A reply that a chat turn may stream into.
@@ -189,6 +202,7 @@ impl Store {
                 completed_at: Some(at),
                 usage: None,
                 proposals: Vec::new(),
+                task_id: None,
             };
             crate::outbox::insert_outbox!(
                 tx,
@@ -266,6 +280,7 @@ impl Store {
                     completed_at: Some(at),
                     usage: None,
                     proposals: Vec::new(),
+                    task_id: note_task_id(&idempotency_key),
                 };
                 insert_events!(
                     tx,
@@ -418,7 +433,7 @@ impl Store {
             sqlx::query_as(
                 "SELECT m.seq, m.id, m.role, m.kind, m.content, m.status, m.reply_to, \
                  m.model, m.input_tokens, m.output_tokens, m.cache_tokens, m.cost_usd, \
-                 m.created_at, m.completed_at \
+                 m.created_at, m.completed_at, m.idempotency_key \
                  FROM messages m LEFT JOIN messages q ON q.id = m.reply_to \
                  WHERE m.user_id = $1 AND m.seq > $2 AND m.status = 'complete' \
                  AND COALESCE(q.seq, m.seq) < $3 \

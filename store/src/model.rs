@@ -61,6 +61,9 @@ pub struct Message {
     pub usage: Option<Usage>,
     /// Task proposals the model made in this message.
     pub proposals: Vec<Proposal>,
+    /// For a note: the task it is about.
+    #[serde(default)]
+    pub task_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

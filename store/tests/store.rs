@@ -83,6 +83,7 @@ on_both!(
     task_input_is_checked_against_the_state_and_stored_once,
     job_logs_and_costs_are_counted_once,
     a_webhook_delivery_nudges_the_tasks_it_names_once,
+    notes_name_the_task_they_are_about,
 );
 
 const WF: &str = "main-thread/alice";
@@ -1022,5 +1023,19 @@ async fn a_webhook_delivery_nudges_the_tasks_it_names_once(store: &Store) -> Res
             .await?,
         WebhookOutcome::Accepted { tasks: vec![] }
     );
+    Ok(())
+}
+
+/// The web app links a task's notes in the chat to the task's page.
+async fn notes_name_the_task_they_are_about(store: &Store) -> Result<()> {
+    let added = store
+        .add_note("alice", "task-7/plan-ready", "Plan ready")
+        .await?;
+    assert_eq!(added.task_id.as_deref(), Some("task-7"));
+    let user = store.accept_user_message("alice", "k", "hi", WF).await?;
+    assert_eq!(user.message.task_id, None);
+    let listed = store.list_messages("alice", None, 10).await?;
+    let ids: Vec<_> = listed.iter().map(|m| m.task_id.as_deref()).collect();
+    assert_eq!(ids, [Some("task-7"), None]);
     Ok(())
 }
