@@ -6,7 +6,7 @@
 //! SvelteKit's boot script, by its hash.
 
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -35,6 +35,13 @@ pub enum WebAssets {
 impl WebAssets {
     async fn file(&self, path: &str) -> Option<Cow<'static, [u8]>> {
         match self {
+            // In debug builds rust-embed reads from disk, but it pins the folder's canonical
+            // path when the crate compiles: an app built after that would never be found. So
+            // debug builds read the folder themselves.
+            WebAssets::Built if cfg!(debug_assertions) => {
+                let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../frontend/build");
+                tokio::fs::read(build.join(path)).await.ok().map(Cow::Owned)
+            }
             WebAssets::Built => Build::get(path).map(|file| file.data),
             WebAssets::Dir(dir) => tokio::fs::read(dir.join(path)).await.ok().map(Cow::Owned),
         }

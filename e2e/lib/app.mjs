@@ -18,13 +18,19 @@ export function assistantMessages(page) {
 	return page.locator('[data-testid="message"][data-role="assistant"]');
 }
 
-/** Waits until the assistant has answered `count` times in all, and returns the last reply. */
+/** Waits until the assistant has answered `count` times in all, every reply complete (no
+ * longer streaming), and returns the last one. */
 export async function waitForReplies(page, count) {
 	const replies = assistantMessages(page);
 	await page.waitForFunction(
-		(n) =>
-			document.querySelectorAll('[data-testid="message"][data-role="assistant"]').length >= n &&
-			!document.querySelector('[data-testid="awaiting-reply"]'),
+		(n) => {
+			const replies = document.querySelectorAll('[data-testid="message"][data-role="assistant"]');
+			return (
+				replies.length >= n &&
+				!document.querySelector('[data-testid="awaiting-reply"]') &&
+				[...replies].every((reply) => reply.getAttribute('aria-busy') !== 'true')
+			);
+		},
 		count,
 		{ timeout: STEP }
 	);

@@ -38,8 +38,8 @@ export async function openBrowser() {
 }
 
 /** A page at `size` in a fresh context; console errors and page errors are collected. */
-export async function newPage(browser, size, baseURL) {
-	const context = await browser.newContext({ ...size, baseURL });
+export async function newPage(browser, size, baseURL, options = {}) {
+	const context = await browser.newContext({ ...size, baseURL, ...options });
 	const page = await context.newPage();
 	const errors = [];
 	page.on('pageerror', (error) => errors.push(String(error)));
