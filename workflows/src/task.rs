@@ -973,6 +973,15 @@ async fn wait_for_human(
     }
 }
 
+/// "1 question", "2 questions".
+fn count_of(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 async fn questions(ctx: &Ctx, config: &TaskConfig) -> Step {
     let (questions, issue) = ctx.state(|s| (s.mem.questions.clone(), s.mem.issue.clone()));
     let url = issue.as_ref().map(|i| i.url.clone());
@@ -980,15 +989,15 @@ async fn questions(ctx: &Ctx, config: &TaskConfig) -> Step {
     announce(
         ctx,
         TaskStatus::WaitingQuestions,
-        &format!("{} question(s) to answer", questions.len()),
+        &format!("{} to answer", count_of(questions.len(), "question")),
         News {
             key: format!("questions-{round}"),
             kind: InboxKind::Questions,
-            title: format!("{} question(s) before planning", questions.len()),
+            title: format!("{} before planning", count_of(questions.len(), "question")),
             url,
             note: format!(
-                "{} question(s) before I can plan **{}**.",
-                questions.len(),
+                "{} before I can plan **{}**.",
+                count_of(questions.len(), "question"),
                 ctx.state(|s| s.title.clone())
             ),
         },

@@ -66,3 +66,13 @@ export function jobLabel(job: string): string {
 	const parts = job.split('-');
 	return parts.length >= 2 ? parts.slice(-2).join(' ') : job;
 }
+
+/** A note's markdown as plain text for a one-line pill: emphasis and code marks dropped,
+ * links reduced to their text. */
+export function plainText(markdown: string): string {
+	return markdown
+		.replace(/\[([^\]]*)\]\([^)]*\)/g, '$1')
+		.replace(/(\*\*|__|`)/g, '')
+		.replace(/\s+/g, ' ')
+		.trim();
+}
