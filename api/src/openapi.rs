@@ -45,6 +45,7 @@ use utoipa::{OpenApi, ToSchema};
         mainloop_store::Event,
         mainloop_store::Task,
         mainloop_store::TaskRun,
+        mainloop_store::TaskInputRecord,
         mainloop_store::TaskLogLine,
         mainloop_store::InboxItem,
         mainloop_store::Project,

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use mainloop_activities::github::GitHubError;
 use mainloop_activities::repo::parse_repo;
 use mainloop_store::{
-    ConfirmOverrides, InboxItem, NewTaskInput, Project, Proposal, StoreError, Task, TaskLogLine,
-    TaskRun, TaskStatus,
+    ConfirmOverrides, InboxItem, NewTaskInput, Project, Proposal, StoreError, Task,
+    TaskInputRecord, TaskLogLine, TaskRun, TaskStatus,
 };
 use mainloop_workflows::main_thread_id;
 use serde::{Deserialize, Serialize};
@@ -152,6 +152,8 @@ pub struct TaskDetail {
     #[serde(flatten)]
     pub task: Task,
     pub runs: Vec<TaskRun>,
+    /// What the user told the task (answers, plan reviews, retries, cancels), oldest first.
+    pub inputs: Vec<TaskInputRecord>,
 }
 
 #[utoipa::path(
@@ -166,7 +168,8 @@ pub async fn get(
 ) -> ApiResult<Json<TaskDetail>> {
     let task = task_or_404(&state, &user, &id).await?;
     let runs = state.store.task_runs(&user, &id).await?;
-    Ok(Json(TaskDetail { task, runs }))
+    let inputs = state.store.task_inputs(&user, &id).await?;
+    Ok(Json(TaskDetail { task, runs, inputs }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -73,6 +73,11 @@ for (const size of [DESKTOP, PHONE]) {
 			const status = page.getByTestId('task-header').getByTestId('task-status');
 			await status.filter({ hasText: 'Merged' }).waitFor({ timeout: STEP });
 			assert.match(await page.getByTestId('ci-fixes').textContent(), /1/);
+			// What the user told the task is said back: the answers, then the approval.
+			const given = await page.getByTestId('task-input').allTextContents();
+			assert.equal(given.length, 2, given.join(' | '));
+			assert.match(given[0], /Answered 2 questions/);
+			assert.match(given[1], /Approved the plan/);
 			await screenshot(page, size, 'task-merged');
 
 			await showChat(page, size).catch(async () => {

@@ -251,6 +251,19 @@ pub struct ConfirmOverrides {
 }
 
 /// Human input for a task, accepted by the API.
+/// Input the user gave a task (as it was sent to the workflow), for showing it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskInputRecord {
+    pub id: String,
+    /// `answers`, `plan_review`, `retry` or `cancel`.
+    pub kind: String,
+    /// The signal's payload, e.g. `{"answers": [{"question_id", "answer"}]}` or
+    /// `{"action", "text"}`.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewTaskInput {
     /// Unique; the workflow de-duplicates by it.
@@ -745,6 +758,32 @@ impl Store {
         self.wake_events();
         self.wake_outbox();
         Ok(task)
+    }
+
+    /// What the user told a task, oldest first.
+    pub async fn task_inputs(&self, user: &str, task_id: &str) -> Result<Vec<TaskInputRecord>> {
+        let rows: Vec<(String, String, String, DateTime<Utc>)> = db!(self, |pool, pg| {
+            sqlx::query_as(
+                "SELECT id, kind, payload, created_at FROM task_inputs \
+                 WHERE user_id = $1 AND task_id = $2 ORDER BY created_at, id",
+            )
+            .bind(user)
+            .bind(task_id)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(id, kind, payload, created_at)| {
+                let payload = serde_json::from_str(&payload)
+                    .map_err(|e| StoreError::Corrupt(format!("task input {id}: {e}")))?;
+                Ok(TaskInputRecord {
+                    id,
+                    kind,
+                    payload,
+                    created_at,
+                })
+            })
+            .collect()
     }
 
     /// Appends job output lines; lines already stored (a re-attached job replays its output)

@@ -870,6 +870,12 @@ async fn task_input_is_checked_against_the_state_and_stored_once(store: &Store) 
     let payload: serde_json::Value = serde_json::from_str(&signals[0].payload)?;
     assert_eq!(payload["id"], "in-1");
     assert_eq!(payload["action"], "approve");
+    // Stored once, and shown back as it was sent.
+    let inputs = store.task_inputs("alice", &task.id).await?;
+    assert_eq!(inputs.len(), 1, "{inputs:?}");
+    assert_eq!(inputs[0].kind, "plan_review");
+    assert_eq!(inputs[0].payload, payload);
+    assert!(store.task_inputs("bob", &task.id).await?.is_empty());
     Ok(())
 }
 

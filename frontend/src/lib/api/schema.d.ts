@@ -615,6 +615,8 @@ export interface components {
         };
         /** @description A task with its job runs. */
         TaskDetail: components["schemas"]["Task"] & {
+            /** @description What the user told the task (answers, plan reviews, retries, cancels), oldest first. */
+            inputs: components["schemas"]["TaskInputRecord"][];
             runs: components["schemas"]["TaskRun"][];
         };
         /** @description `task.input`: input for a task was accepted. */
@@ -623,6 +625,22 @@ export interface components {
             /** @description `answers`, `plan_review`, `retry` or `cancel`. */
             kind: string;
             task_id: string;
+        };
+        /**
+         * @description Human input for a task, accepted by the API.
+         *     Input the user gave a task (as it was sent to the workflow), for showing it back.
+         */
+        TaskInputRecord: {
+            /** Format: date-time */
+            created_at: string;
+            id: string;
+            /** @description `answers`, `plan_review`, `retry` or `cancel`. */
+            kind: string;
+            /**
+             * @description The signal's payload, e.g. `{"answers": [{"question_id", "answer"}]}` or
+             *     `{"action", "text"}`.
+             */
+            payload: Record<string, never>;
         };
         /** @description `task.log`: a line of a job's output. */
         TaskLogEvent: {

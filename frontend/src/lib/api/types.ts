@@ -14,6 +14,7 @@ export type Task = Schemas['Task'];
 export type TaskStatus = Schemas['TaskStatus'];
 export type TaskDetail = Schemas['TaskDetail'];
 export type TaskRun = Schemas['TaskRun'];
+export type TaskInputRecord = Schemas['TaskInputRecord'];
 export type TaskQuestion = Schemas['TaskQuestion'];
 export type TaskLogLine = Schemas['TaskLogLine'];
 export type Cost = Schemas['Cost'];
