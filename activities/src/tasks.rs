@@ -1004,6 +1004,7 @@ impl TaskActivities {
                 tracing::warn!(%error, job = %input.name, "could not stop a cancelled job");
             }
             forwarder.abort();
+            self.record_cancelled(&user, &task.id, &input.name).await;
             return Err(ActivityError::cancelled());
         };
         // The runner has dropped its sender: the forwarder drains what is left and ends.
@@ -1087,7 +1088,21 @@ impl TaskActivities {
         self.runner
             .cancel(&input.task.task_id, &input.name)
             .await
-            .map_err(job_error)
+            .map_err(job_error)?;
+        // The job's own activity may never get to say so (its cancel races this one, or its
+        // worker is gone): the run is over either way.
+        self.store
+            .finish_task_run(
+                &input.task.user,
+                &input.task.task_id,
+                &input.name,
+                false,
+                "cancelled",
+                Cost::default(),
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 
     /// Removes what the task's jobs left behind (workspaces, the namespace).
@@ -1102,6 +1117,17 @@ impl TaskActivities {
 }
 
 impl TaskActivities {
+    /// Marks a cancelled job's run as over; a failure only leaves it shown as running.
+    async fn record_cancelled(&self, user: &str, task_id: &str, job: &str) {
+        if let Err(error) = self
+            .store
+            .finish_task_run(user, task_id, job, false, "cancelled", Cost::default())
+            .await
+        {
+            tracing::warn!(%error, job, "could not record a cancelled job's end");
+        }
+    }
+
     async fn can_write(&self, repo: &str, login: &str) -> Result<bool, ActivityError> {
         Ok(self
             .github
