@@ -278,8 +278,9 @@ const GREETING: &str = "Hi! This is mainloop's **demo**: I am a scripted stand-i
 model, and GitHub is a fake one running inside mainloop, with one repository, `demo/hello`. \
 Nothing leaves your machine.\n\n\
 Ask me for a change, say \"add a greeting to demo/hello\", and I will propose a task. Confirm \
-it, approve the agent's plan, and watch it open a pull request, fix a CI failure and get the \
-pull request ready for review; the demo then merges it for you.";
+it, answer the agent's two questions in the inbox, approve its plan, and watch it open a pull \
+request, fix a CI failure and get the pull request ready for review; the demo then merges it \
+for you.";
 
 /// Words that make a message a request for a change.
 const CHANGE_WORDS: [&str; 22] = [
