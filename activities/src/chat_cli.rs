@@ -32,6 +32,8 @@ use crate::chat::{
 };
 use crate::errors::{permanent, retryable, store_error};
 use crate::pricing::Tokens;
+use mainloop_agent::cli_result::CliResult as Finished;
+use mainloop_agent::protocol::Usage;
 
 /// The name `mainloop mcp` is registered under in the CLI's MCP configuration.
 pub const MCP_SERVER: &str = "mainloop";
@@ -409,20 +411,6 @@ pub(crate) enum Event {
     ToolUse { name: String, input: Value },
 }
 
-/// The final `result` line.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Finished {
-    pub is_error: bool,
-    pub subtype: String,
-    /// The final text, or the error.
-    pub text: String,
-    pub tokens: Tokens,
-    /// As the CLI reports it (`total_cost_usd`).
-    pub cost_usd: Option<f64>,
-    /// The HTTP status of the API error that ended the run.
-    pub api_error_status: Option<u16>,
-}
-
 /// Reads the CLI's stream-json lines into [`Event`]s.
 ///
 /// With `--include-partial-messages` the text arrives as `stream_event` lines carrying the
@@ -463,7 +451,7 @@ impl StreamParser {
             "assistant" if top_level => self.assistant(message),
             "result" => {
                 self.check_confirmed();
-                self.finished = Some(finished(message));
+                self.finished = Some(Finished::parse(message));
             }
             _ => {}
         }
@@ -599,42 +587,15 @@ impl StreamParser {
     }
 }
 
-fn finished(message: &Value) -> Finished {
-    let usage = message.get("usage").unwrap_or(&Value::Null);
-    let tokens = |name: &str| usage.get(name).and_then(Value::as_i64).unwrap_or(0);
-    let subtype = str_at(message, "subtype").to_owned();
-    let is_error = message.get("is_error").and_then(Value::as_bool) == Some(true)
-        || (!subtype.is_empty() && subtype != "success");
-    let text = match message.get("result").and_then(Value::as_str) {
-        Some(text) => text.to_owned(),
-        None => message
-            .get("errors")
-            .and_then(Value::as_array)
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default(),
-    };
-    Finished {
-        is_error,
-        subtype,
-        text,
-        // The CLI caches its prompts: most of what the model read is in the cache counts.
-        tokens: Tokens {
-            input: tokens("input_tokens"),
-            output: tokens("output_tokens"),
-            cache_write: tokens("cache_creation_input_tokens"),
-            cache_read: tokens("cache_read_input_tokens"),
-        },
-        cost_usd: message.get("total_cost_usd").and_then(Value::as_f64),
-        api_error_status: message
-            .get("api_error_status")
-            .and_then(Value::as_u64)
-            .and_then(|s| u16::try_from(s).ok()),
+/// The CLI's counts as the chat's. It caches its prompts: most of what the model read is in
+/// the cache counts.
+fn tokens(usage: &Usage) -> Tokens {
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Tokens {
+        input: count(usage.input_tokens),
+        output: count(usage.output_tokens),
+        cache_write: count(usage.cache_creation_input_tokens),
+        cache_read: count(usage.cache_read_input_tokens),
     }
 }
 
@@ -771,19 +732,16 @@ impl ChatActivities {
         let written = writer.await.map_err(|e| retryable(e.to_string(), None))?;
         let finished = finished?;
         written.map_err(store_error)?;
-        tracing::debug!(
-            tokens = ?finished.tokens,
-            cost_usd = finished.cost_usd.unwrap_or(0.0),
-            "chat turn through Claude Code"
-        );
+        tracing::debug!(usage = ?finished.usage, "chat turn through Claude Code");
         if text.trim().is_empty() && !proposals.is_empty() {
             text = PROPOSED_WITHOUT_A_WORD.to_string();
         }
         Ok(Outcome {
             text,
             proposals,
-            tokens: finished.tokens,
-            cost_usd: finished.cost_usd,
+            tokens: tokens(&finished.usage),
+            // 0 means the CLI reported none: priced from the tokens then.
+            cost_usd: Some(finished.usage.cost_usd).filter(|cost| *cost > 0.0),
         })
     }
 }
@@ -871,16 +829,9 @@ mod tests {
         assert_eq!(parser.broken, None);
         let finished = parser.finished.unwrap_or_else(|| panic!("no result"));
         assert!(!finished.is_error);
-        assert_eq!(
-            (
-                finished.tokens.input,
-                finished.tokens.cache_read,
-                finished.tokens.output
-            ),
-            (10, 5, 7)
-        );
-        assert_eq!(finished.cost_usd, Some(0.25));
-        assert_eq!(finished.cost_usd, Some(0.25));
+        let tokens = tokens(&finished.usage);
+        assert_eq!((tokens.input, tokens.cache_read, tokens.output), (10, 5, 7));
+        assert_eq!(finished.usage.cost_usd, 0.25);
     }
 
     #[test]

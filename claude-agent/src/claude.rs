@@ -60,14 +60,7 @@ pub enum SessionError {
 }
 
 /// The final `result` message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Finished {
-    pub is_error: bool,
-    pub subtype: String,
-    /// The final text (`result`), or the error message.
-    pub text: String,
-    pub usage: Usage,
-}
+pub use mainloop_agent::cli_result::CliResult as Finished;
 
 /// What a session left behind.
 #[derive(Debug, Default)]
@@ -308,7 +301,7 @@ impl Transcript {
             }
             "assistant" => self.assistant(message, &mut step),
             "result" => {
-                let finished = finished(message);
+                let finished = Finished::parse(message);
                 step.log(
                     LogSource::Agent,
                     format!(
@@ -522,43 +515,6 @@ fn is_plan_file(path: &str) -> bool {
         && !path
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir))
-}
-
-fn finished(message: &Value) -> Finished {
-    let usage = message.get("usage").unwrap_or(&Value::Null);
-    let tokens = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
-    let subtype = str_at(message, "subtype").to_owned();
-    let is_error = message.get("is_error").and_then(Value::as_bool) == Some(true)
-        || (!subtype.is_empty() && subtype != "success");
-    let text = match message.get("result").and_then(Value::as_str) {
-        Some(text) => text.to_owned(),
-        None => message
-            .get("errors")
-            .and_then(Value::as_array)
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default(),
-    };
-    Finished {
-        is_error,
-        subtype,
-        text,
-        usage: Usage {
-            input_tokens: tokens("input_tokens"),
-            output_tokens: tokens("output_tokens"),
-            cache_creation_input_tokens: tokens("cache_creation_input_tokens"),
-            cache_read_input_tokens: tokens("cache_read_input_tokens"),
-            cost_usd: message
-                .get("total_cost_usd")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0),
-        },
-    }
 }
 
 /// Adds an `AskUserQuestion` question unless one with the same header was asked already.

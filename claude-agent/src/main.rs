@@ -3,7 +3,8 @@
 //! See `claude-agent/README.md` for the spec, the environment and the protocol.
 //!
 //! The modules below belong to the binary only; the library (`mainloop_agent`) is just the
-//! wire protocol, so the job runners that depend on it pull in nothing of the agent.
+//! wire protocol and the CLI's result line, so the job runners that depend on it pull in
+//! nothing of the agent.
 
 mod args;
 mod claude;
