@@ -1004,7 +1004,8 @@ impl TaskActivities {
                 tracing::warn!(%error, job = %input.name, "could not stop a cancelled job");
             }
             forwarder.abort();
-            self.record_cancelled(&user, &task.id, &input.name).await;
+            // The run stays open: a retried attempt (after a timeout) runs the job again under
+            // the same name and closes it; a cancel by the workflow closes it in `jobs.cancel`.
             return Err(ActivityError::cancelled());
         };
         // The runner has dropped its sender: the forwarder drains what is left and ends.
@@ -1089,8 +1090,8 @@ impl TaskActivities {
             .cancel(&input.task.task_id, &input.name)
             .await
             .map_err(job_error)?;
-        // The job's own activity may never get to say so (its cancel races this one, or its
-        // worker is gone): the run is over either way.
+        // The job's own activity cannot say so: it ends as cancelled, and an attempt that is
+        // cancelled for a timeout leaves the run open for the next attempt.
         self.store
             .finish_task_run(
                 &input.task.user,
@@ -1117,17 +1118,6 @@ impl TaskActivities {
 }
 
 impl TaskActivities {
-    /// Marks a cancelled job's run as over; a failure only leaves it shown as running.
-    async fn record_cancelled(&self, user: &str, task_id: &str, job: &str) {
-        if let Err(error) = self
-            .store
-            .finish_task_run(user, task_id, job, false, "cancelled", Cost::default())
-            .await
-        {
-            tracing::warn!(%error, job, "could not record a cancelled job's end");
-        }
-    }
-
     async fn can_write(&self, repo: &str, login: &str) -> Result<bool, ActivityError> {
         Ok(self
             .github
