@@ -401,10 +401,11 @@ async fn local_timeout_kills_the_job() {
     wait_gone(read_pid(&local.path("child.pid")).await).await;
 }
 
-#[tokio::test]
-async fn local_cancel_kills_the_process_group() {
+/// Runs a job that starts a child with `spawn` (which writes its pid to `$CHILD_PID`) and
+/// waits, then cancels it; returns the local runner, the job's error and the child's pid.
+async fn cancel_running_job(spawn: &str, job: &str) -> (Local, String, u32) {
     let script = [
-        r#"sleep 30 & echo $! > "$CHILD_PID""#.to_owned(),
+        spawn.to_owned(),
         echo_log(LogSource::Agent, "working"),
         "wait".to_owned(),
     ]
@@ -412,22 +413,27 @@ async fn local_cancel_kills_the_process_group() {
     let local = Local::new(&script);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let runner = local.runner.clone();
-    let running =
-        tokio::spawn(async move { runner.run(&request("task-0123abcd-plan-1", WAIT), tx).await });
+    let name = job.to_owned();
+    let running = tokio::spawn(async move { runner.run(&request(&name, WAIT), tx).await });
     assert_eq!(next_line(&mut rx).await.text, "working");
     let child = read_pid(&local.path("child.pid")).await;
 
-    local
-        .runner
-        .cancel(TASK, "task-0123abcd-plan-1")
-        .await
-        .expect("cancels");
+    local.runner.cancel(TASK, job).await.expect("cancels");
     let error = tokio::time::timeout(WAIT, running)
         .await
         .expect("the follower ends")
         .expect("the task runs")
         .expect_err("no result");
-    let message = retryable(error);
+    (local, retryable(error), child)
+}
+
+#[tokio::test]
+async fn local_cancel_kills_the_process_group() {
+    let (local, message, child) = cancel_running_job(
+        r#"sleep 30 & echo $! > "$CHILD_PID""#,
+        "task-0123abcd-plan-1",
+    )
+    .await;
     assert!(message.contains("cancelled"), "{message}");
     wait_gone(child).await;
     // Idempotent, also for jobs that never existed.
@@ -447,30 +453,11 @@ async fn local_cancel_kills_the_process_group() {
 /// such a command too, not only the job's process group.
 #[tokio::test]
 async fn local_cancel_kills_commands_that_left_the_process_group() {
-    let script = [
-        r#"setsid sleep 30 & echo $! > "$CHILD_PID""#.to_owned(),
-        echo_log(LogSource::Agent, "working"),
-        "wait".to_owned(),
-    ]
-    .join("\n");
-    let local = Local::new(&script);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let runner = local.runner.clone();
-    let running =
-        tokio::spawn(async move { runner.run(&request("task-0123abcd-impl-1", WAIT), tx).await });
-    assert_eq!(next_line(&mut rx).await.text, "working");
-    let child = read_pid(&local.path("child.pid")).await;
-
-    local
-        .runner
-        .cancel(TASK, "task-0123abcd-impl-1")
-        .await
-        .expect("cancels");
-    tokio::time::timeout(WAIT, running)
-        .await
-        .expect("the follower ends")
-        .expect("the task runs")
-        .expect_err("no result");
+    let (_local, _message, child) = cancel_running_job(
+        r#"setsid sleep 30 & echo $! > "$CHILD_PID""#,
+        "task-0123abcd-impl-1",
+    )
+    .await;
     wait_gone(child).await;
 }
 

@@ -656,6 +656,30 @@ impl RecordedRequest {
         }
     }
 
+    /// The text of the first message: for a Claude Code session, the prompt it was started
+    /// with.
+    pub fn first_user_text(&self) -> String {
+        self.messages()
+            .first()
+            .map(content_text)
+            .unwrap_or_default()
+    }
+
+    /// The first `tool_result` block of the last message: what the model is told of the
+    /// tool it called, if it is being told that.
+    pub fn last_tool_result(&self) -> Option<&Value> {
+        self.messages()
+            .last()
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_array)
+            .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_result"))
+    }
+
+    /// Whether the model is being told the result of a tool it called.
+    pub fn after_tool(&self) -> bool {
+        self.last_tool_result().is_some()
+    }
+
     /// The system prompt as one string (text blocks joined with newlines); empty if none.
     pub fn system_text(&self) -> String {
         match self.body.get("system") {
@@ -702,6 +726,20 @@ impl RecordedRequest {
             }
         }
         texts.join("\n")
+    }
+}
+
+/// The text of a message or a `tool_result` block: its string content, or its text blocks
+/// joined with newlines.
+pub fn content_text(message: &Value) -> String {
+    match message.get("content") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(blocks)) => blocks
+            .iter()
+            .filter_map(text_of_block)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
     }
 }
 

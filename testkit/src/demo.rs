@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::anthropic::{FakeAnthropic, RecordedRequest, Reply};
+use crate::anthropic::{FakeAnthropic, RecordedRequest, Reply, content_text};
 use crate::github::{CiScript, CiSetup, FakeGitHub, GitHubView, Permission};
 
 /// The demo repository's owner.
@@ -235,20 +235,6 @@ pub fn demo_model(request: &RecordedRequest) -> Reply {
     }
 }
 
-/// Whether the model is being told the result of a tool it called.
-fn after_tool(request: &RecordedRequest) -> bool {
-    last_tool_result(request).is_some()
-}
-
-/// The first `tool_result` block of the last message, if it has one.
-fn last_tool_result(request: &RecordedRequest) -> Option<&Value> {
-    request
-        .messages()
-        .last()
-        .and_then(|m| m["content"].as_array())
-        .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_result"))
-}
-
 /// The input of the first `tool_use` block of the last assistant message.
 fn last_tool_input(request: &RecordedRequest) -> Option<&Value> {
     request
@@ -259,19 +245,6 @@ fn last_tool_input(request: &RecordedRequest) -> Option<&Value> {
         .and_then(|m| m["content"].as_array())
         .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_use"))
         .map(|b| &b["input"])
-}
-
-/// The text of a message's content: the string, or its text blocks joined.
-fn content_text(message: &Value) -> String {
-    match &message["content"] {
-        Value::String(text) => text.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
 }
 
 const GREETING: &str = "Hi! This is mainloop's **demo**: I am a scripted stand-in for the \
@@ -316,7 +289,7 @@ fn wants_change(text: &str) -> bool {
 }
 
 fn chat_reply(request: &RecordedRequest) -> Reply {
-    if let Some(result) = last_tool_result(request) {
+    if let Some(result) = request.last_tool_result() {
         if result["is_error"] == true {
             let reason = content_text(result);
             return Reply::text(format!("I could not propose that: {reason}")).with_usage(60, 12);
@@ -538,16 +511,12 @@ fn write_lines(file: &str, lines: &[String], append: bool, description: &str) ->
 }
 
 fn agent_reply(request: &RecordedRequest) -> Reply {
-    let prompt = request
-        .messages()
-        .first()
-        .map(content_text)
-        .unwrap_or_default();
+    let prompt = request.first_user_text();
     let job = Job::of(&prompt);
     let title = task_title(&prompt);
     let file = change_file(&title);
     let answered = prompt.contains("Answers to your earlier questions");
-    if after_tool(request) {
+    if request.after_tool() {
         let summary = match job {
             Job::Plan if !answered => "I have two questions before I can plan.".to_string(),
             Job::Plan => "The plan is ready for review.".to_string(),

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 use mainloop_store::{MessageKind, Role};
-use mainloop_testkit::anthropic::{DEFAULT_OAUTH_TOKEN, RecordedRequest, Reply};
+use mainloop_testkit::anthropic::{DEFAULT_OAUTH_TOKEN, RecordedRequest, Reply, content_text};
 use serde_json::{Value, json};
 
 use crate::harness::{
@@ -19,29 +19,10 @@ use crate::tasks::claude_bin;
 /// How the CLI names the tool of `mainloop mcp`.
 const TOOL: &str = "mcp__mainloop__propose_task";
 
-/// Whether the model is being told the result of the tool it called.
-fn after_tool(request: &RecordedRequest) -> bool {
-    request
-        .messages()
-        .last()
-        .and_then(|m| m["content"].as_array())
-        .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"))
-}
-
 /// The text of the tool result the model got, if it got one.
 fn tool_result(request: &RecordedRequest) -> Option<(String, bool)> {
-    let blocks = request.messages().last()?["content"].as_array()?.clone();
-    let result = blocks.iter().find(|b| b["type"] == "tool_result")?;
-    let text = match &result["content"] {
-        Value::String(text) => text.clone(),
-        Value::Array(inner) => inner
-            .iter()
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    };
-    Some((text, result["is_error"] == true))
+    let result = request.last_tool_result()?;
+    Some((content_text(result), result["is_error"] == true))
 }
 
 /// A stack whose worker has no API key, only a subscription token, and a data directory of
@@ -85,7 +66,7 @@ async fn a_subscription_user_chats_through_claude_code_with_the_mcp_tool() -> Re
         if !request.tool_names().iter().any(|t| t == TOOL) {
             return Reply::text("(not a chat request)");
         }
-        if after_tool(request) {
+        if request.after_tool() {
             return Reply::text("Proposed: dark mode for acme/web. Confirm it to start.")
                 .with_token_delay(std::time::Duration::from_millis(10));
         }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::harness::USER;
 use crate::tasks::{
-    JobKind, REPO, TaskStack, approve_plan, bash, job_kind, prompt, scripted_model,
+    JobKind, REPO, TaskStack, approve_plan, bash, job_kind, scripted_model, wait_until,
 };
 
 /// The scripted model, except that a plan job without answers asks two questions, and a plan
@@ -18,7 +18,7 @@ pub fn asks_first(request: &RecordedRequest) -> Reply {
     if job_kind(request) != Some(JobKind::Plan) {
         return scripted_model(request);
     }
-    let text = prompt(request);
+    let text = request.first_user_text();
     if !text.contains("Answers to your earlier questions") {
         return Reply::tool_use(
             "AskUserQuestion",
@@ -188,7 +188,7 @@ async fn a_plan_revised_once_with_text_then_approved_is_implemented() -> Result<
         .requests()
         .iter()
         .filter(|r| job_kind(r) == Some(JobKind::Plan))
-        .map(prompt)
+        .map(RecordedRequest::first_user_text)
         .filter(|p| p.contains("Changes the user asked for"))
         .collect::<Vec<_>>();
     assert_eq!(revision_prompts.len(), 1);
@@ -213,7 +213,7 @@ async fn a_plan_revised_once_with_text_then_approved_is_implemented() -> Result<
             .requests()
             .iter()
             .filter(|r| job_kind(r) == Some(JobKind::Implement))
-            .all(|r| prompt(r).contains("CSS variables"))
+            .all(|r| r.first_user_text().contains("CSS variables"))
     );
     assert!(task.pr_number.is_some());
     Ok(())
@@ -292,18 +292,5 @@ async fn cancel_during_implementation_stops_the_job_and_closes_the_issue() -> Re
         .request("POST", &format!("/api/tasks/{id}/retry"), None)
         .await?;
     assert_eq!(status, 409);
-    Ok(())
-}
-
-/// Polls a condition only the OS can answer (a process appearing or going), up to a minute.
-async fn wait_until(mut condition: impl FnMut() -> bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
-    while !condition() {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("timed out");
-        }
-        tick.tick().await;
-    }
     Ok(())
 }

@@ -2,15 +2,14 @@
 //! retried or reset by an operator with the `temporal` CLI, and a review that asks for changes
 //! after the PR was ready.
 
-use std::path::Path;
-
 use anyhow::{Context, Result};
 use mainloop_store::TaskStatus;
+use mainloop_testkit::anthropic::RecordedRequest;
 use mainloop_testkit::github::{CiScript, Permission, ReviewState};
 use serde_json::json;
 
 use crate::tasks::{
-    JobKind, REPO, TaskStack, approve_plan, bash, job_kind, prompt, scripted_model,
+    JobKind, REPO, TaskStack, approve_plan, bash, job_kind, scripted_model, wait_until,
 };
 
 /// No comment body appears twice on the issue or on the PR.
@@ -43,19 +42,6 @@ fn plain_issues(ts: &TaskStack) -> usize {
         .count()
 }
 
-/// Polls for a file the job's command writes (only the file system can say), up to a minute.
-async fn wait_for_file(path: &Path) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
-    while !path.exists() {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("timed out waiting for {}", path.display());
-        }
-        tick.tick().await;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_mid_job_still_finishes_with_one_issue_one_pr_and_no_duplicates()
 -> Result<()> {
@@ -79,7 +65,7 @@ async fn a_worker_killed_mid_job_still_finishes_with_one_issue_one_pr_and_no_dup
     });
     let id = ts.confirmed_task(json!({})).await?;
     approve_plan(&ts, &id).await?;
-    wait_for_file(&started).await?;
+    wait_until(|| started.exists()).await?;
 
     ts.stack.kill_worker().await?;
     std::fs::write(&go, "")?;
@@ -217,7 +203,7 @@ async fn changes_requested_in_a_review_lead_to_a_feedback_job_and_ready_again() 
         .requests()
         .iter()
         .filter(|r| job_kind(r) == Some(JobKind::Feedback))
-        .map(prompt)
+        .map(RecordedRequest::first_user_text)
         .collect();
     assert_eq!(feedback.len(), 1);
     assert!(

@@ -47,32 +47,6 @@ pub fn agent_bin() -> Result<PathBuf> {
     Ok(beside)
 }
 
-/// The text of the first user message: the prompt the agent gave the CLI.
-pub fn prompt(request: &RecordedRequest) -> String {
-    request
-        .messages()
-        .first()
-        .map(|m| match &m["content"] {
-            Value::String(text) => text.clone(),
-            Value::Array(blocks) => blocks
-                .iter()
-                .filter_map(|b| b["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
-            _ => String::new(),
-        })
-        .unwrap_or_default()
-}
-
-/// Whether the model is being told the result of the tool it called.
-pub fn after_tool(request: &RecordedRequest) -> bool {
-    request
-        .messages()
-        .last()
-        .and_then(|m| m["content"].as_array())
-        .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"))
-}
-
 /// Which job a worker agent's prompt is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
@@ -84,10 +58,10 @@ pub enum JobKind {
 
 /// The job a request comes from, when it comes from the worker agent's first call.
 pub fn job_kind(request: &RecordedRequest) -> Option<JobKind> {
-    if request.tool_names().iter().any(|t| t == "propose_task") || after_tool(request) {
+    if request.tool_names().iter().any(|t| t == "propose_task") || request.after_tool() {
         return None;
     }
-    let text = prompt(request);
+    let text = request.first_user_text();
     Some(if text.contains("Implement the approved plan") {
         JobKind::Implement
     } else if text.contains("Failed CI checks") {
@@ -112,7 +86,7 @@ pub fn bash(command: &str) -> Reply {
 /// fixes and addresses feedback by appending to files in the clone.
 pub fn scripted_model(request: &RecordedRequest) -> Reply {
     if request.tool_names().iter().any(|t| t == "propose_task") {
-        if after_tool(request) {
+        if request.after_tool() {
             return Reply::text("I proposed it: confirm to start.");
         }
         return Reply::tool_use(
@@ -125,10 +99,10 @@ pub fn scripted_model(request: &RecordedRequest) -> Reply {
         )
         .with_usage(30, 12);
     }
-    if after_tool(request) {
+    if request.after_tool() {
         return Reply::text("Done: the change is in place.").with_usage(50, 10);
     }
-    let text = prompt(request);
+    let text = request.first_user_text();
     let work = |line: &str| bash(&format!("printf '{line}\\n' >> src/greet.rs"));
     match job_kind(request) {
         Some(JobKind::Implement) => work("pub fn greet() {}"),
@@ -143,6 +117,20 @@ pub fn scripted_model(request: &RecordedRequest) -> Reply {
             Reply::tool_use("ExitPlanMode", json!({ "plan": plan })).with_usage(300, 60)
         }
     }
+}
+
+/// Polls a condition only the OS can answer (a process or a file appearing or going), for up
+/// to a minute.
+pub async fn wait_until(mut condition: impl FnMut() -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    while !condition() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("timed out");
+        }
+        tick.tick().await;
+    }
+    Ok(())
 }
 
 pub struct TaskStack {
