@@ -4,15 +4,12 @@
 //! fits the schema the app's TypeScript types are generated from.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use mainloop_api::openapi::{MessageDelta, MessageStarted, TaskInputEvent, TaskLogEvent};
 use mainloop_api::web::inline_script_hashes;
-use mainloop_api::{
-    ApiSettings, AppConfig, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink, WebAssets,
-};
+use mainloop_api::{AppConfig, AuthMode, WebAssets};
 use mainloop_store::{
     ConfirmOverrides, InboxItem, InboxKind, Message, NewInboxItem, NewProposal, NewTaskInput,
     Proposal, Store, Task, TaskProjection, TaskStatus,
@@ -21,8 +18,9 @@ use reqwest::StatusCode;
 use reqwest::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tempfile::TempDir;
-use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::{Served, serve};
 
 const TOKEN: &str = "a-long-enough-secret";
 const BOOT: &str = "\n\t\t\t{ __sveltekit_x = { base: \"\" }; import(\"/_app/immutable/entry/start.abc.js\"); }\n\t\t";
@@ -32,14 +30,7 @@ struct App {
     base: String,
     store: Store,
     http: reqwest::Client,
-    shutdown: CancellationToken,
-    _dir: TempDir,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _served: Served,
 }
 
 /// A build as SvelteKit's static adapter lays it out, with one precompressed asset.
@@ -61,75 +52,29 @@ fn fake_build(root: &Path) -> std::io::Result<()> {
 
 impl App {
     async fn start(mode: AuthMode, web: Option<&str>) -> App {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let build = dir.path().join(web.unwrap_or("no-build"));
-        if web.is_some() {
-            fake_build(&build).expect("write a fake build");
-        }
-        let url = format!("sqlite://{}", dir.path().join("api.db").display());
-        let store = Store::connect(&url).await.expect("connect the store");
-        store.migrate().await.expect("migrate the store");
-        let auth = AuthConfig {
-            mode,
-            user: "me".into(),
-            session_ttl: Duration::from_secs(3600),
-        };
-        let settings = ApiSettings {
-            auth: auth.clone(),
-            body_limit: 4096,
-            request_timeout: Duration::from_secs(30),
-            relay: RelaySettings {
-                task_queue: "app-tests".into(),
-                batch: 10,
-                lease: Duration::from_secs(30),
-                delivery_timeout: Duration::from_secs(5),
-                base_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(1),
-            },
-            app: AppConfig {
+        let served = serve(mode, "me", |settings, dir| {
+            let build = dir.join(web.unwrap_or("no-build"));
+            if web.is_some() {
+                fake_build(&build).expect("write a fake build");
+            }
+            settings.body_limit = 4096;
+            settings.app = AppConfig {
                 temporal_ui_url: Some("http://127.0.0.1:8233".into()),
                 temporal_namespace: "default".into(),
-            },
-            web: WebAssets::Dir(build),
-            webhook_secret: None,
-        };
-        let shutdown = CancellationToken::new();
-        let state = AppState {
-            store: store.clone(),
-            auth: Arc::new(auth),
-            temporal: TemporalLink::disconnected(),
-            github: mainloop_activities::github::GitHub::new(
-                mainloop_activities::github::GitHubSettings {
-                    api_url: "http://127.0.0.1:9/".parse().expect("a URL"),
-                    token: None,
-                },
-            )
-            .expect("a GitHub client"),
-            shutdown: shutdown.clone(),
-            webhook_secret: None,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let stop = shutdown.clone();
-        let router = mainloop_api::router(state, &settings);
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+            };
+            settings.web = WebAssets::Dir(build);
+        })
+        .await;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("HTTP client");
         App {
-            base: format!("http://{addr}"),
-            store,
+            base: served.base(),
+            store: served.store.clone(),
             http,
-            shutdown,
-            _dir: dir,
+            _served: served,
         }
     }
 

@@ -6,19 +6,17 @@
 //! started, so every accepted message stays visible in the outbox backlog.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use mainloop_api::{
-    ApiSettings, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink, code,
-};
+use mainloop_api::{AuthMode, code};
 use mainloop_store::{NewProposal, SIGNAL_MESSAGE, SIGNAL_PROPOSAL_DECISION, Store};
 use mainloop_testkit::sse::SseClient;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
-use tempfile::TempDir;
-use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::{Served, serve};
 
 const USER: &str = "me";
 const TOKEN: &str = "a-long-enough-secret";
@@ -38,14 +36,7 @@ struct Api {
     host: String,
     store: Store,
     http: reqwest::Client,
-    shutdown: CancellationToken,
-    _dir: TempDir,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _served: Served,
 }
 
 /// What the store holds, to prove a refused request stored nothing.
@@ -60,59 +51,11 @@ struct Stored {
 
 impl Api {
     async fn start(mode: AuthMode, body_limit: usize) -> Api {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("api.db").display());
-        let store = Store::connect(&url).await.expect("connect the store");
-        store.migrate().await.expect("migrate the store");
-        let auth = AuthConfig {
-            mode,
-            user: USER.into(),
-            session_ttl: SESSION_TTL,
-        };
-        let settings = ApiSettings {
-            auth: auth.clone(),
-            body_limit,
-            request_timeout: Duration::from_secs(30),
-            relay: RelaySettings {
-                task_queue: "validation-tests".into(),
-                batch: 10,
-                lease: Duration::from_secs(30),
-                delivery_timeout: Duration::from_secs(5),
-                base_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(1),
-            },
-            webhook_secret: None,
-            app: Default::default(),
-            // No web app: these tests are about the API (tests/app.rs covers the app).
-            web: mainloop_api::WebAssets::Dir(dir.path().join("no-web-build")),
-        };
-        let shutdown = CancellationToken::new();
-        let state = AppState {
-            store: store.clone(),
-            auth: Arc::new(auth),
-            temporal: TemporalLink::disconnected(),
-            github: mainloop_activities::github::GitHub::new(
-                mainloop_activities::github::GitHubSettings {
-                    // Nothing listens there: validation never reaches GitHub.
-                    api_url: "http://127.0.0.1:9/".parse().expect("a URL"),
-                    token: None,
-                },
-            )
-            .expect("a GitHub client"),
-            shutdown: shutdown.clone(),
-            webhook_secret: None,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let router = mainloop_api::router(state, &settings);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        let served = serve(mode, USER, |settings, _| {
+            settings.body_limit = body_limit;
+            settings.auth.session_ttl = SESSION_TTL;
+        })
+        .await;
         let http = reqwest::Client::builder()
             .no_proxy()
             // A fresh connection per request: a refused body may leave the server closing
@@ -122,12 +65,11 @@ impl Api {
             .build()
             .expect("HTTP client");
         Api {
-            base: format!("http://{addr}"),
-            host: addr.to_string(),
-            store,
+            base: served.base(),
+            host: served.addr.to_string(),
+            store: served.store.clone(),
             http,
-            shutdown,
-            _dir: dir,
+            _served: served,
         }
     }
 
