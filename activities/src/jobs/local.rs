@@ -578,8 +578,7 @@ fn stderr_tail(path: &Path) -> String {
 /// is signalled, while every member still descends from the leader.
 async fn kill_group(record: &JobRecord, grace: Duration, poll: Duration) -> Result<(), JobError> {
     let mut tree = descendants(record.pid);
-    signal_group(record.pid, "TERM").await?;
-    signal_processes(&tree, "TERM").await?;
+    signal(record.pid, &tree, "TERM").await?;
     let deadline = Instant::now() + grace;
     while record.alive() && Instant::now() < deadline {
         tokio::time::sleep(poll).await;
@@ -593,8 +592,7 @@ async fn kill_group(record: &JobRecord, grace: Duration, poll: Duration) -> Resu
         }
     }
     tree.retain(|(pid, start_time)| proc_stat(*pid).is_some_and(|(_, t)| t == *start_time));
-    signal_group(record.pid, "KILL").await?;
-    signal_processes(&tree, "KILL").await?;
+    signal(record.pid, &tree, "KILL").await?;
     let deadline = Instant::now() + KILL_WAIT;
     while record.alive() && Instant::now() < deadline {
         tokio::time::sleep(poll).await;
@@ -629,16 +627,16 @@ fn descendants(root: u32) -> Vec<(u32, u64)> {
     found
 }
 
-/// Sends `signal` to each process; one already gone is fine.
-async fn signal_processes(processes: &[(u32, u64)], signal: &str) -> Result<(), JobError> {
-    if processes.is_empty() {
-        return Ok(());
-    }
+/// Sends `signal` to process group `pgid` and to each of `processes`, with the shell's `kill`
+/// (present wherever the wrapper shell is; no unsafe code or extra crate needed). Targets
+/// already gone are fine.
+async fn signal(pgid: u32, processes: &[(u32, u64)], signal: &str) -> Result<(), JobError> {
     let status = tokio::process::Command::new("/bin/sh")
         .arg("-c")
-        .arg(r#"signal="$1"; shift; kill -s "$signal" "$@" 2>/dev/null"#)
+        .arg(r#"signal="$1"; shift; kill -s "$signal" -- "$@" 2>/dev/null"#)
         .arg("mainloop-kill")
         .arg(signal)
+        .arg(format!("-{pgid}"))
         .args(processes.iter().map(|(pid, _)| pid.to_string()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -647,28 +645,11 @@ async fn signal_processes(processes: &[(u32, u64)], signal: &str) -> Result<(), 
         .await
         .map_err(|error| JobError::Retryable(format!("cannot run kill: {error}")))?;
     if !status.success() {
-        tracing::debug!(signal, "some of the job's processes were already gone");
-    }
-    Ok(())
-}
-
-/// Sends `signal` to process group `pgid` with the shell's `kill` (present wherever the
-/// wrapper shell is; no unsafe code or extra crate needed). A group already gone is fine.
-async fn signal_group(pgid: u32, signal: &str) -> Result<(), JobError> {
-    let status = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(r#"kill -s "$1" -- "-$2" 2>/dev/null"#)
-        .arg("mainloop-kill")
-        .arg(signal)
-        .arg(pgid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .map_err(|error| JobError::Retryable(format!("cannot run kill: {error}")))?;
-    if !status.success() {
-        tracing::debug!(pgid, signal, "the job's process group was already gone");
+        tracing::debug!(
+            pgid,
+            signal,
+            "some of the job's processes were already gone"
+        );
     }
     Ok(())
 }
