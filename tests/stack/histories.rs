@@ -247,9 +247,7 @@ async fn wait_closed(stack: &Stack, workflow_id: &str) -> Result<()> {
 }
 
 async fn post_task_input(ts: &TaskStack, id: &str, what: &str, body: Value) -> Result<()> {
-    let (status, answer) = ts
-        .request("POST", &format!("/api/tasks/{id}/{what}"), Some(body))
-        .await?;
+    let (status, answer) = ts.task_input(id, what, body).await?;
     if status != 202 {
         bail!("{what} answered {status}: {answer}");
     }

@@ -55,12 +55,8 @@ pub fn asks_first(request: &RecordedRequest) -> Reply {
 }
 
 async fn answer(ts: &TaskStack, id: &str, answers: Value) -> Result<(u16, Value)> {
-    ts.request(
-        "POST",
-        &format!("/api/tasks/{id}/answer"),
-        Some(json!({ "answers": answers })),
-    )
-    .await
+    ts.task_input(id, "answer", json!({ "answers": answers }))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -154,18 +150,14 @@ async fn a_plan_revised_once_with_text_then_approved_is_implemented() -> Result<
 
     // A revision needs text.
     let (status, _) = ts
-        .request(
-            "POST",
-            &format!("/api/tasks/{id}/review-plan"),
-            Some(json!({"action": "revise"})),
-        )
+        .task_input(&id, "review-plan", json!({"action": "revise"}))
         .await?;
     assert_eq!(status, 422);
     let (status, body) = ts
-        .request(
-            "POST",
-            &format!("/api/tasks/{id}/review-plan"),
-            Some(json!({"action": "revise", "text": "Please use CSS variables for the colours"})),
+        .task_input(
+            &id,
+            "review-plan",
+            json!({"action": "revise", "text": "Please use CSS variables for the colours"}),
         )
         .await?;
     assert_eq!(status, 202, "{body}");
@@ -263,11 +255,7 @@ async fn cancel_during_implementation_stops_the_job_and_closes_the_issue() -> Re
     wait_until(|| process_running(&marker)).await?;
 
     let (status, body) = ts
-        .request(
-            "POST",
-            &format!("/api/tasks/{id}/cancel"),
-            Some(json!({"reason": "changed my mind"})),
-        )
+        .task_input(&id, "cancel", json!({"reason": "changed my mind"}))
         .await?;
     assert_eq!(status, 202, "{body}");
     let task = ts.wait_status(&id, TaskStatus::Cancelled).await?;

@@ -211,6 +211,13 @@ impl TaskStack {
         ))
     }
 
+    /// Posts input for task `id` to `POST /api/tasks/{id}/{what}` (`answer`, `review-plan`,
+    /// `retry`, `cancel`); returns the status and body.
+    pub async fn task_input(&self, id: &str, what: &str, body: Value) -> Result<(u16, Value)> {
+        self.request("POST", &format!("/api/tasks/{id}/{what}"), Some(body))
+            .await
+    }
+
     /// Waits for the model's proposal in the thread; returns its id.
     pub async fn proposal_id(&self) -> Result<String> {
         self.wait_for(|| async {
@@ -321,11 +328,7 @@ impl TaskStack {
 pub async fn approve_plan(ts: &TaskStack, id: &str) -> Result<()> {
     ts.wait_status(id, TaskStatus::WaitingPlanReview).await?;
     let (status, body) = ts
-        .request(
-            "POST",
-            &format!("/api/tasks/{id}/review-plan"),
-            Some(json!({"action": "approve"})),
-        )
+        .task_input(id, "review-plan", json!({"action": "approve"}))
         .await?;
     if status != 202 {
         bail!("review-plan answered {status}: {body}");
@@ -362,19 +365,11 @@ async fn a_confirmed_proposal_goes_from_plan_to_a_merged_pr() -> Result<()> {
     );
     // A wrong action is refused at once, and so is an answer while no question waits.
     let (status, _) = ts
-        .request(
-            "POST",
-            &format!("/api/tasks/{id}/review-plan"),
-            Some(json!({"action": "maybe"})),
-        )
+        .task_input(&id, "review-plan", json!({"action": "maybe"}))
         .await?;
     assert_eq!(status, 422);
     let (status, _) = ts
-        .request(
-            "POST",
-            &format!("/api/tasks/{id}/answer"),
-            Some(json!({"answers": {"x": "y"}})),
-        )
+        .task_input(&id, "answer", json!({"answers": {"x": "y"}}))
         .await?;
     assert_eq!(status, 409);
 
