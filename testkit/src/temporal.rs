@@ -81,6 +81,15 @@ impl DevServerOptions {
     }
 }
 
+/// How many times a server that exits during start-up is started again.
+const START_ATTEMPTS: u32 = 3;
+
+/// Why a start failed: an exit during start-up is worth another try, anything else is not.
+enum StartError {
+    Exited(anyhow::Error),
+    Other(anyhow::Error),
+}
+
 /// A running dev server; killed when dropped.
 pub struct DevServer {
     options: DevServerOptions,
@@ -90,6 +99,7 @@ pub struct DevServer {
 
 impl DevServer {
     pub async fn start(mut options: DevServerOptions) -> Result<DevServer> {
+        let pick_port = options.port.is_none();
         let port = match options.port {
             Some(port) => port,
             None => free_port()?,
@@ -100,11 +110,43 @@ impl DevServer {
             port,
             child: None,
         };
-        server.spawn().await?;
-        Ok(server)
+        let mut attempt = 1;
+        loop {
+            match server.spawn_once().await {
+                Ok(()) => return Ok(server),
+                Err(StartError::Exited(error)) if attempt < START_ATTEMPTS => {
+                    // A port that was free when picked (ours, or one the server picks for its
+                    // internal services) can be taken by another process before the server
+                    // binds it; with many servers starting at once that happens. Pick again.
+                    tracing::warn!("{error:#}; starting it again");
+                    if pick_port {
+                        server.port = free_port()?;
+                        server.options.port = Some(server.port);
+                    }
+                    attempt += 1;
+                }
+                Err(StartError::Exited(error) | StartError::Other(error)) => return Err(error),
+            }
+        }
     }
 
     async fn spawn(&mut self) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            match self.spawn_once().await {
+                Ok(()) => return Ok(()),
+                // The server picks free ports for its internal services itself, which races
+                // like any free-port pick; the frontend port and database stay the same.
+                Err(StartError::Exited(error)) if attempt < START_ATTEMPTS => {
+                    tracing::warn!("{error:#}; starting it again");
+                    attempt += 1;
+                }
+                Err(StartError::Exited(error) | StartError::Other(error)) => return Err(error),
+            }
+        }
+    }
+
+    async fn spawn_once(&mut self) -> Result<(), StartError> {
         let o = &self.options;
         let mut command = Command::new(&o.binary);
         command
@@ -146,23 +188,26 @@ impl DevServer {
             None => Output::Null,
         };
         // SIGTERM on our death lets the server close its SQLite file cleanly.
-        let child = ChildProcess::spawn("temporal", &mut command, output, libc::SIGTERM)?;
+        let child = ChildProcess::spawn("temporal", &mut command, output, libc::SIGTERM)
+            .map_err(StartError::Other)?;
         self.child = Some(child);
         self.wait_ready().await
     }
 
     /// Waits until the frontend answers and the namespace exists.
-    async fn wait_ready(&mut self) -> Result<()> {
+    async fn wait_ready(&mut self) -> Result<(), StartError> {
         let deadline = Instant::now() + self.options.ready_timeout;
         loop {
             if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
+                && let Some(status) = child.try_wait().map_err(StartError::Other)?
             {
-                bail!(
+                let error = anyhow::anyhow!(
                     "the Temporal dev server exited during start-up ({status}); is port {} free?\n{}",
                     self.port,
                     child.log_tail(20)
                 );
+                self.child = None;
+                return Err(StartError::Exited(error));
             }
             let probe = Command::new(&self.options.binary)
                 .args(["operator", "namespace", "describe", "-n"])
@@ -173,16 +218,17 @@ impl DevServer {
                 .stderr(std::process::Stdio::null())
                 .status()
                 .await
-                .context("running the temporal CLI")?;
+                .context("running the temporal CLI")
+                .map_err(StartError::Other)?;
             if probe.success() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
+                return Err(StartError::Other(anyhow::anyhow!(
                     "the Temporal dev server on {} was not ready within {:?}",
                     self.address(),
                     self.options.ready_timeout
-                );
+                )));
             }
             // Readiness is only observable by asking; ask again shortly.
             tokio::time::sleep(Duration::from_millis(50)).await;
