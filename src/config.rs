@@ -52,6 +52,18 @@ pub enum Command {
     Mcp,
     /// Print the API's OpenAPI document (JSON) and exit; the web app's types come from it.
     Openapi,
+    /// Exit 0 if the URL answers with a 2xx status in time, else 1: a container health check
+    /// for images that have no curl (`mainloop probe http://127.0.0.1:8080/readyz`).
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The URL to GET.
+    pub url: url::Url,
+    /// How long the probe waits for the answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Where the Anthropic API is unless `ANTHROPIC_BASE_URL` says otherwise.

@@ -5,4 +5,5 @@
 pub mod config;
 pub mod demo;
 pub mod dev;
+pub mod probe;
 pub mod run;

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use mainloop::config::{Cli, Command, LogFormat};
-use mainloop::{dev, run};
+use mainloop::{dev, probe, run};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -19,6 +19,7 @@ async fn main() -> std::process::ExitCode {
         Command::Migrate(args) => run::migrate(args).await,
         Command::Mcp => run::mcp().await,
         Command::Openapi => run::openapi(),
+        Command::Probe(args) => probe::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs once, when the PostgreSQL volume is first initialised (docker-entrypoint-initdb.d):
+# a role and database for mainloop, and a role for Temporal that may create its two databases
+# (temporal-schema does that). Neither is a superuser.
+set -euo pipefail
+
+: "${MAINLOOP_DB_PASSWORD:?}"
+: "${TEMPORAL_DB_PASSWORD:?}"
+
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
+    -v mainloop_password="$MAINLOOP_DB_PASSWORD" \
+    -v temporal_password="$TEMPORAL_DB_PASSWORD" <<'SQL'
+CREATE ROLE mainloop LOGIN PASSWORD :'mainloop_password';
+CREATE DATABASE mainloop OWNER mainloop;
+CREATE ROLE temporal LOGIN CREATEDB PASSWORD :'temporal_password';
+SQL
