@@ -3,14 +3,15 @@
 # mainloop's images, built from the repository root:
 #
 #   docker build -t mainloop .                          # `mainloop`: serve, worker, migrate
-#   docker build --target worker-local -t mainloop-worker-local .
+#   docker build --target worker -t mainloop-worker .
 #
 # - `mainloop` (the default, last stage): the one binary with the web app embedded, on a slim
 #   Debian, as uid 10001. It runs `serve`, `worker` (with the Kubernetes job runner) and
 #   `migrate`.
-# - `worker-local`: the same binary plus what local jobs run (`mainloop-agent`, the Claude Code
-#   CLI and git), for a single machine where the worker runs jobs as its own child processes
-#   (docker-compose.yml). On Kubernetes, jobs use the agent image (claude-agent/Dockerfile).
+# - `worker`: the same binary plus the Claude Code CLI, git and `mainloop-agent`: what the
+#   chat on a Claude subscription runs (the CLI), and what local jobs run when the worker runs
+#   jobs as its own child processes (docker-compose.yml). On Kubernetes the worker uses it for
+#   the former and starts jobs as Kubernetes Jobs of the agent image (claude-agent/Dockerfile).
 #
 # Base images are pinned by tag; pin them by digest (`rust:1.92-bookworm@sha256:…`) in your
 # own builds if you need reproducible images.
@@ -52,8 +53,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/mainloop /out/mainloop \
     && install -D -m 0755 target/release/mainloop-agent /out/mainloop-agent
 
-# Local jobs: the worker starts `mainloop-agent`, which runs the Claude Code CLI and git.
-FROM ${NODE_IMAGE} AS worker-local
+# The worker: local jobs start `mainloop-agent`, which runs the Claude Code CLI and git; the
+# chat on a subscription runs the CLI itself.
+FROM ${NODE_IMAGE} AS worker
 ARG CLAUDE_CODE_VERSION
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates git tini \
