@@ -60,6 +60,8 @@ pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 #[derive(Debug, Args)]
 pub struct DevArgs {
     #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
     pub github: GitHubArgs,
     #[command(flatten)]
     pub tasks: TaskArgs,
@@ -101,6 +103,8 @@ pub struct DevArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
     pub github: GitHubArgs,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -112,6 +116,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub github: GitHubArgs,
     #[command(flatten)]
@@ -126,6 +132,14 @@ pub struct WorkerArgs {
     pub chat: ChatArgs,
     #[command(flatten)]
     pub temporal: TemporalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Address of the metrics listener: Prometheus metrics at `/metrics`, and the probes
+    /// `/healthz` and `/readyz`. Unset: no listener.
+    #[arg(long, env = "MAINLOOP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
