@@ -989,6 +989,7 @@ impl TaskActivities {
             .start_task_run(&user, &task.id, &input.name, input.mode.as_str())
             .await
             .map_err(store_error)?;
+        // Timed from here, with a slot held: waiting for a slot is not part of the job.
         let mut timer: Option<JobTimer> = self
             .metrics
             .as_ref()
