@@ -124,7 +124,9 @@ async fn bench() -> Result<()> {
         .connect()
         .await?;
     let shutdown = CancellationToken::new();
-    let (server, address) = start_api(
+    // Metrics are recorded as in production (nothing scrapes them).
+    let telemetry = mainloop::metrics::Telemetry::new()?;
+    let api = start_api(
         settings.api.listen,
         api_settings(&settings.api, &settings.queue)?,
         store.clone(),
@@ -148,7 +150,7 @@ async fn bench() -> Result<()> {
     let stop_calibration = calibration_worker.shutdown_handle();
 
     let measure = async {
-        let result = measure(&client, &format!("http://{address}"), iterations).await;
+        let result = measure(&client, &format!("http://{}", api.address), iterations).await;
         stop_calibration();
         shutdown.cancel();
         result
@@ -165,6 +167,8 @@ async fn bench() -> Result<()> {
                 tasks: &settings.tasks,
                 data_dir: dir.path().to_path_buf(),
                 job_env: Vec::new(),
+                telemetry: &telemetry,
+                polling: Default::default(),
             },
             shutdown.clone(),
         ),
@@ -173,7 +177,7 @@ async fn bench() -> Result<()> {
     );
     worked?;
     calibrated.map_err(|e| anyhow::anyhow!("{e}"))?;
-    server.await??;
+    api.server.await??;
     let report = report?;
     println!("{}", report.markdown());
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");

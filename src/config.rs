@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod kubernetes;
+
+pub use kubernetes::{KubernetesArgs, PullPolicy};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mainloop",
@@ -72,6 +76,8 @@ pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 #[derive(Debug, Args)]
 pub struct DevArgs {
     #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
     pub github: GitHubArgs,
     #[command(flatten)]
     pub tasks: TaskArgs,
@@ -113,6 +119,8 @@ pub struct DevArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
     pub github: GitHubArgs,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -124,6 +132,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub github: GitHubArgs,
     #[command(flatten)]
@@ -138,6 +148,14 @@ pub struct WorkerArgs {
     pub chat: ChatArgs,
     #[command(flatten)]
     pub temporal: TemporalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Address of the metrics listener: Prometheus metrics at `/metrics`, and the probes
+    /// `/healthz` and `/readyz`. Unset: no listener.
+    #[arg(long, env = "MAINLOOP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -312,13 +330,16 @@ pub struct TaskArgs {
     /// Workspaces of local jobs (default: `jobs` in the data directory).
     #[arg(long, env = "MAINLOOP_JOBS_DIR")]
     pub jobs_dir: Option<PathBuf>,
-    /// Image of Kubernetes jobs.
+    /// Image of Kubernetes jobs. The default is the agent of this very release, never
+    /// `latest`, so a deployment runs the agent it was tested with.
     #[arg(
         long,
         env = "MAINLOOP_AGENT_IMAGE",
-        default_value = "ghcr.io/mainloop-dev/mainloop-agent:latest"
+        default_value = concat!("ghcr.io/mainloop-dev/mainloop-agent:", env!("CARGO_PKG_VERSION"))
     )]
     pub agent_image: String,
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
     /// Claude subscription token for the agents, and for the chat (through the Claude Code
     /// CLI); used when ANTHROPIC_API_KEY is not set.
     #[arg(long, env = "CLAUDE_CODE_OAUTH_TOKEN", hide_env_values = true)]

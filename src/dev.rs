@@ -3,7 +3,11 @@
 //! API on SQLite, prints the URLs, and on Ctrl-C stops everything in reverse order. With
 //! `--demo`, a scripted model and a fake GitHub start first, in this process, and stop last.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use anyhow::{Context, Result};
+use mainloop_api::metrics::ApiMetrics;
 use mainloop_api::{ApiSettings, TemporalLink};
 use mainloop_testkit::demo::Demo;
 use mainloop_testkit::temporal::{DevServer, DevServerOptions, find_temporal};
@@ -11,6 +15,7 @@ use mainloop_workflows::TemporalSettings;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DevArgs;
+use crate::metrics::{self, ApiProbe, Probes, Telemetry};
 use crate::run::{
     WorkerParts, api_settings, data_dir, github_client, identity, open_store, run_worker, start_api,
 };
@@ -71,21 +76,29 @@ async fn run_temporal(
 
 async fn run_services(
     args: &DevArgs,
-    api: ApiSettings,
+    mut api: ApiSettings,
     temporal: &DevServer,
     demo: Option<&Demo>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let metrics_listener = metrics::Listener::bind(args.metrics.metrics_listen).await?;
+    let telemetry = Telemetry::new()?;
+    let api_metrics =
+        ApiMetrics::register(telemetry.registry()).context("registering the API's metrics")?;
+    api.metrics = Some(api_metrics.clone());
     let store = open_store(&args.store, true).await?;
-    let settings =
+    let mut settings =
         TemporalSettings::local(&temporal.address(), temporal.namespace(), &identity("dev"))?;
+    settings.connection.metrics_meter = Some(telemetry.client_meter()?);
     let client = settings
         .connect()
         .await
         .context("connecting to the Temporal dev server")?;
-    // The API gets its own token so that it can finish after the worker has drained.
+    // The API gets its own token so that it can finish after the worker has drained, and
+    // the metrics listener another, to answer until both have.
     let api_shutdown = CancellationToken::new();
-    let (server, address) = start_api(
+    let metrics_shutdown = CancellationToken::new();
+    let started = start_api(
         args.api.listen,
         api,
         store.clone(),
@@ -97,10 +110,19 @@ async fn run_services(
     for line in demo.map(crate::demo::banner).unwrap_or_default() {
         println!("{line}");
     }
-    println!("mainloop  http://{address}");
+    println!("mainloop  http://{}", started.address);
     if let Some(ui) = temporal.ui_url() {
         println!("temporal-ui  {ui}");
     }
+    let polling = Arc::new(AtomicBool::new(false));
+    let probes = Probes {
+        api: Some(ApiProbe {
+            state: started.state.clone(),
+            metrics: api_metrics,
+        }),
+        worker: Some(polling.clone()),
+    };
+    let exporter = metrics_listener.serve(&telemetry, probes, metrics_shutdown.clone());
     let parts = WorkerParts {
         queue: &args.queue,
         worker: &args.worker,
@@ -109,10 +131,14 @@ async fn run_services(
         tasks: &args.tasks,
         data_dir: data_dir(&args.store)?,
         job_env: demo.map(|_| crate::demo::job_env()).unwrap_or_default(),
+        telemetry: &telemetry,
+        polling,
     };
     let worked = run_worker(client, store.clone(), parts, shutdown).await;
     api_shutdown.cancel();
-    let served = server.await.context("the API task failed")?;
+    let served = started.server.await.context("the API task failed")?;
+    metrics_shutdown.cancel();
+    exporter.stopped().await;
     store.close().await;
     worked?;
     served

@@ -3,13 +3,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mainloop_activities::anthropic::AnthropicClient;
 use mainloop_activities::chat::{ActivityTiming, ChatSettings, ThreadConfig};
 use mainloop_activities::chat_cli::{ClaudeCli, ClaudeCliSettings};
+use mainloop_activities::metrics::ActivityMetrics;
 use mainloop_activities::{ChatActivities, ChatBackend};
+use mainloop_api::metrics::ApiMetrics;
 use mainloop_api::{
     ApiSettings, AppConfig, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink, WebAssets,
 };
@@ -22,10 +25,11 @@ use crate::config::{
     ApiArgs, AuthArg, ChatArgs, DEFAULT_ANTHROPIC_BASE_URL, GitHubArgs, QueueArgs, RunnerArg,
     ServeArgs, StoreArgs, TaskArgs, WorkerArgs, WorkerSettingsArgs,
 };
+use crate::metrics::{self, ApiProbe, Probes, Telemetry};
 use mainloop_activities::github::{GitHub, GitHubSettings};
 use mainloop_activities::jobs::JobRunner;
 use mainloop_activities::jobs::JobSecrets;
-use mainloop_activities::jobs::kubernetes::{KubernetesRunner, KubernetesSettings};
+use mainloop_activities::jobs::kubernetes::KubernetesRunner;
 use mainloop_activities::jobs::local::{LocalRunner, LocalRunnerSettings};
 use mainloop_activities::tasks::{TaskActivities, TaskConfig, TaskSettings};
 
@@ -52,13 +56,19 @@ pub fn openapi() -> Result<()> {
 
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
     let mut settings = api_settings(&args.api, &args.queue)?;
+    let metrics_listener = metrics::Listener::bind(args.metrics.metrics_listen).await?;
+    let telemetry = Telemetry::new()?;
+    let api_metrics =
+        ApiMetrics::register(telemetry.registry()).context("registering the API's metrics")?;
+    settings.metrics = Some(api_metrics.clone());
     let store = open_store(&args.store, false).await?;
-    let temporal = TemporalSettings::from_env(&identity("serve"))?;
+    let mut temporal = TemporalSettings::from_env(&identity("serve"))?;
+    temporal.connection.metrics_meter = Some(telemetry.client_meter()?);
     settings.app.temporal_namespace = temporal.namespace.clone();
     tracing::info!(address = %temporal.address(), namespace = %temporal.namespace, "Temporal");
     let link = TemporalLink::connect_in_background(temporal, shutdown.clone());
     let github = github_client(&args.github)?;
-    let (server, address) = start_api(
+    let api = start_api(
         args.api.listen,
         settings,
         store.clone(),
@@ -67,15 +77,51 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         &shutdown,
     )
     .await?;
-    println!("mainloop  http://{address}");
-    let result = server.await.context("the API task failed")?;
+    println!("mainloop  http://{}", api.address);
+    // Scrapes and probes are answered until the API has finished its last request.
+    let stop_metrics = CancellationToken::new();
+    let probes = Probes {
+        api: Some(ApiProbe {
+            state: api.state.clone(),
+            metrics: api_metrics,
+        }),
+        worker: None,
+    };
+    let exporter = metrics_listener.serve(&telemetry, probes, stop_metrics.clone());
+    let result = api.server.await.context("the API task failed")?;
+    stop_metrics.cancel();
+    exporter.stopped().await;
     store.close().await;
     result
 }
 
 pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
+    // Probes are answered from the start: the worker is alive (and not ready) while it waits
+    // for the store and Temporal.
+    let metrics_listener = metrics::Listener::bind(args.metrics.metrics_listen).await?;
+    let telemetry = Telemetry::new()?;
+    let polling = Arc::new(AtomicBool::new(false));
+    let stop_metrics = CancellationToken::new();
+    let probes = Probes {
+        api: None,
+        worker: Some(polling.clone()),
+    };
+    let exporter = metrics_listener.serve(&telemetry, probes, stop_metrics.clone());
+    let result = run_worker_process(&args, &telemetry, polling, shutdown).await;
+    stop_metrics.cancel();
+    exporter.stopped().await;
+    result
+}
+
+async fn run_worker_process(
+    args: &WorkerArgs,
+    telemetry: &Telemetry,
+    polling: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let store = open_store(&args.store, false).await?;
-    let temporal = TemporalSettings::from_env(&identity("worker"))?;
+    let mut temporal = TemporalSettings::from_env(&identity("worker"))?;
+    temporal.connection.metrics_meter = Some(telemetry.client_meter()?);
     tracing::info!(address = %temporal.address(), namespace = %temporal.namespace, "Temporal");
     let Some(client) = temporal.connect_with_retry(&shutdown).await else {
         return Ok(());
@@ -96,6 +142,8 @@ pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()>
         tasks: &args.tasks,
         data_dir: data_dir(&args.store)?,
         job_env: Vec::new(),
+        telemetry,
+        polling,
     };
     run_worker(client, store.clone(), parts, shutdown).await?;
     store.close().await;
@@ -185,10 +233,20 @@ pub fn api_settings(api: &ApiArgs, queue: &QueueArgs) -> Result<ApiSettings> {
             temporal_namespace: String::new(),
         },
         web: WebAssets::Built,
+        // The caller registers them in its registry.
+        metrics: None,
     })
 }
 
-/// Binds the API and starts it with its outbox relay; returns the server task and address.
+/// The API, started.
+pub struct StartedApi {
+    /// Ends once the API has shut down and its relay has stopped.
+    pub server: tokio::task::JoinHandle<Result<()>>,
+    pub address: std::net::SocketAddr,
+    pub state: AppState,
+}
+
+/// Binds the API and starts it with its outbox relay.
 pub async fn start_api(
     listen: std::net::SocketAddr,
     settings: ApiSettings,
@@ -196,7 +254,7 @@ pub async fn start_api(
     temporal: TemporalLink,
     github: GitHub,
     shutdown: &CancellationToken,
-) -> Result<(tokio::task::JoinHandle<Result<()>>, std::net::SocketAddr)> {
+) -> Result<StartedApi> {
     let state = AppState {
         store,
         auth: Arc::new(settings.auth.clone()),
@@ -210,14 +268,19 @@ pub async fn start_api(
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     let relay = mainloop_api::spawn_relay(&state, &settings);
+    let serving = state.clone();
     let server = tokio::spawn(async move {
-        let served = mainloop_api::serve(listener, state, &settings).await;
+        let served = mainloop_api::serve(listener, serving, &settings).await;
         if let Err(error) = relay.await {
             tracing::warn!(%error, "the outbox relay ended abnormally");
         }
         served.context("serving HTTP")
     });
-    Ok((server, address))
+    Ok(StartedApi {
+        server,
+        address,
+        state,
+    })
 }
 
 /// What the worker is made of, from the command line.
@@ -230,6 +293,10 @@ pub struct WorkerParts<'a> {
     pub data_dir: PathBuf,
     /// More environment for every job, after the configured one.
     pub job_env: Vec<(String, String)>,
+    /// The registry the activities' and the SDK's metrics go to.
+    pub telemetry: &'a Telemetry,
+    /// Set while the SDK's worker runs: the worker's readiness.
+    pub polling: Arc<AtomicBool>,
 }
 
 /// Runs the worker on the current task until `shutdown` (the SDK's worker cannot be spawned).
@@ -270,21 +337,27 @@ pub async fn run_worker(
     {
         tracing::warn!("GITHUB_TOKEN is not set: worker tasks will fail until it is");
     }
+    let activity_metrics = ActivityMetrics::register(parts.telemetry.registry())
+        .context("registering the activities' metrics")?;
     worker::run(
         client,
         WorkerSettings {
             task_queue: queue.task_queue.clone(),
             graceful_shutdown: worker_args.shutdown_grace,
             sticky_timeout: worker_args.sticky_timeout,
+            meter: Some(parts.telemetry.worker_meter()),
+            polling: parts.polling.clone(),
         },
         Implementations {
-            chat: ChatActivities::new(store.clone(), backend, settings),
+            chat: ChatActivities::new(store.clone(), backend, settings)
+                .with_metrics(activity_metrics.clone()),
             tasks: TaskActivities::new(
                 store,
                 github_client(parts.github)?,
                 job_runner(&parts).await?,
                 task_settings(parts.tasks),
-            ),
+            )
+            .with_metrics(activity_metrics),
         },
         shutdown,
     )
@@ -495,7 +568,7 @@ async fn job_runner(parts: &WorkerParts<'_>) -> Result<Arc<dyn JobRunner>> {
             Ok(Arc::new(LocalRunner::new(settings)))
         }
         RunnerArg::Kubernetes => {
-            let mut settings = KubernetesSettings::new(tasks.agent_image.clone());
+            let mut settings = tasks.kubernetes.settings(&tasks.agent_image)?;
             settings.secrets = secrets;
             settings.extra_env = env;
             let runner = KubernetesRunner::try_default(settings)
@@ -510,22 +583,131 @@ async fn job_runner(parts: &WorkerParts<'_>) -> Result<Arc<dyn JobRunner>> {
 mod tests {
     use clap::Parser as _;
 
+    use mainloop_activities::jobs::kubernetes::{JobResources, KubernetesSettings};
+
     use super::*;
     use crate::config::{Cli, Command};
 
-    fn backend(flags: &[&str], data_dir: &std::path::Path) -> ChatBackend {
+    fn worker_args(flags: &[&str]) -> Result<WorkerArgs, clap::Error> {
         let cli = Cli::try_parse_from(
             ["mainloop", "worker"]
                 .iter()
                 .chain(flags)
                 .copied()
                 .collect::<Vec<_>>(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        )?;
         let Command::Worker(args) = cli.command else {
             panic!("not the worker");
         };
+        Ok(args)
+    }
+
+    fn backend(flags: &[&str], data_dir: &std::path::Path) -> ChatBackend {
+        let args = worker_args(flags).unwrap_or_else(|e| panic!("{e}"));
         chat_backend(&args.chat, &args.tasks, data_dir).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    fn kubernetes(flags: &[&str]) -> KubernetesSettings {
+        let args = worker_args(flags).unwrap_or_else(|e| panic!("{e}"));
+        args.tasks
+            .kubernetes
+            .settings(&args.tasks.agent_image)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    #[test]
+    fn kubernetes_flags_reach_the_runners_settings() {
+        let settings = kubernetes(&[
+            "--agent-image",
+            "registry.example/agent:7",
+            "--k8s-namespace-prefix",
+            "ml-",
+            "--k8s-egress-ports",
+            "443,8443",
+            "--k8s-egress-excluded-cidrs",
+            "10.0.0.0/8, fd00::/8",
+            "--k8s-image-pull-secrets",
+            "ghcr,quay",
+            "--k8s-image-pull-policy",
+            "IfNotPresent",
+            "--k8s-job-cpu-request",
+            "250m",
+            "--k8s-job-memory-request",
+            "512Mi",
+            "--k8s-job-cpu-limit",
+            "1",
+            "--k8s-job-memory-limit",
+            "2Gi",
+            "--k8s-job-ttl",
+            "10m",
+        ]);
+        assert_eq!(settings.image, "registry.example/agent:7");
+        assert_eq!(settings.namespace_prefix, "ml-");
+        assert_eq!(settings.egress_ports, [443, 8443]);
+        assert_eq!(settings.egress_excluded_cidrs, ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(settings.image_pull_secrets, ["ghcr", "quay"]);
+        assert_eq!(settings.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            settings.resources,
+            JobResources {
+                cpu_request: "250m".into(),
+                memory_request: "512Mi".into(),
+                cpu_limit: "1".into(),
+                memory_limit: "2Gi".into(),
+            }
+        );
+        assert_eq!(settings.ttl_seconds_after_finished, 600);
+    }
+
+    #[test]
+    fn without_flags_kubernetes_jobs_get_the_runners_defaults_and_a_pinned_image() {
+        let settings = kubernetes(&[]);
+        let runner = KubernetesSettings::new(settings.image.clone());
+        assert_eq!(
+            settings.image,
+            format!(
+                "ghcr.io/mainloop-dev/mainloop-agent:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        assert_eq!(settings.namespace_prefix, "mainloop-task-");
+        assert_eq!(settings.namespace_prefix, runner.namespace_prefix);
+        assert_eq!(settings.egress_ports, [443]);
+        assert_eq!(settings.egress_excluded_cidrs, runner.egress_excluded_cidrs);
+        assert!(settings.image_pull_secrets.is_empty());
+        assert_eq!(settings.image_pull_policy, None);
+        assert_eq!(settings.resources, JobResources::default());
+        assert_eq!(settings.ttl_seconds_after_finished, 3600);
+        assert_eq!(
+            settings.ttl_seconds_after_finished,
+            runner.ttl_seconds_after_finished
+        );
+    }
+
+    #[test]
+    fn a_bad_cidr_is_refused_at_start_up_by_name() {
+        for bad in [
+            "10.1.0.0/33",
+            "10.1.0.0",
+            "example.com/8",
+            "::1/129",
+            "10.1.0.0/x",
+        ] {
+            let flags = ["--k8s-egress-excluded-cidrs", &format!("10.0.0.0/8,{bad}")];
+            let Err(error) = worker_args(&flags.iter().map(|f| f.as_ref()).collect::<Vec<_>>())
+            else {
+                panic!("{bad} was accepted");
+            };
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("{bad:?} is not a CIDR range")),
+                "{message}"
+            );
+        }
+        assert!(
+            worker_args(&["--k8s-image-pull-policy", "Sometimes"]).is_err(),
+            "an unknown pull policy was accepted"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::anthropic::{
 use crate::chat_cli::ClaudeCli;
 use crate::errors::{permanent, retryable, store_error};
 use crate::heartbeat::Heartbeat;
+use crate::metrics::{ActivityMetrics, Source, Spent, TurnOutcome};
 use crate::pricing::{self, Tokens};
 use crate::repo::parse_repo;
 
@@ -171,6 +172,7 @@ pub struct ChatActivities {
     store: Store,
     backend: ChatBackend,
     settings: ChatSettings,
+    metrics: Option<Arc<ActivityMetrics>>,
 }
 
 impl ChatActivities {
@@ -179,7 +181,14 @@ impl ChatActivities {
             store,
             backend,
             settings,
+            metrics: None,
         }
+    }
+
+    /// Records turns and what they spent in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ActivityMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -218,86 +227,11 @@ impl ChatActivities {
         ctx: ActivityContext,
         input: TurnInput,
     ) -> Result<TurnOutput, ActivityError> {
-        let context = match self
-            .store
-            .turn_context(&input.user, &input.message_id, self.settings.history_limit)
-            .await
-        {
-            Ok(context) => context,
-            Err(StoreError::NotFound | StoreError::Conflict(_)) => {
-                return Err(permanent(
-                    failure_type::MESSAGE_NOT_FOUND,
-                    format!("no user message {} for this user", input.message_id),
-                ));
-            }
-            Err(error) => return Err(store_error(error)),
-        };
-        if let Some(reply) = &context.existing_reply
-            && reply.status == mainloop_store::MessageStatus::Complete
-        {
-            return self.already_answered(&input.user, reply).await;
+        let result = self.turn(ctx, input).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.chat_turn(turn_outcome(&result));
         }
-        if matches!(self.backend, ChatBackend::NotConfigured) {
-            return Err(Self::not_configured());
-        }
-        let started = self
-            .store
-            .start_reply(&input.user, &input.message_id)
-            .await
-            .map_err(store_error)?;
-        if started.already_complete {
-            return self.already_answered(&input.user, &started.message).await;
-        }
-        let reply_id = started.message.id.clone();
-        let _heartbeat = Heartbeat::start(ctx.clone(), self.settings.heartbeat_interval);
-        // Temporal cancels an attempt it has given up on (timed out, say): stop streaming then,
-        // rather than compete with the attempt that replaces it.
-        let conversed = async {
-            match &self.backend {
-                ChatBackend::Api(model) => {
-                    self.converse(model, &input.user, &reply_id, started.attempt, &context)
-                        .await
-                }
-                ChatBackend::Cli(cli) => {
-                    self.converse_cli(cli, &input.user, &reply_id, started.attempt, &context)
-                        .await
-                }
-                ChatBackend::NotConfigured => Err(Self::not_configured()),
-            }
-        };
-        let result = tokio::select! {
-            result = conversed => result,
-            _ = ctx.cancelled() => Err(ActivityError::cancelled()),
-        };
-        let outcome = result?;
-        let usage = Usage {
-            model: self.settings.model.clone(),
-            input_tokens: outcome.tokens.input,
-            output_tokens: outcome.tokens.output,
-            cache_tokens: outcome.tokens.cache(),
-            cost_usd: outcome
-                .cost_usd
-                .or_else(|| pricing::cost_usd(&self.settings.model, outcome.tokens)),
-        };
-        self.store
-            .finish_reply(
-                &input.user,
-                &reply_id,
-                Some(started.attempt),
-                MessageKind::Chat,
-                &outcome.text,
-                Some(&usage),
-            )
-            .await
-            .map_err(store_error)?;
-        Ok(TurnOutput {
-            reply_id,
-            already_answered: false,
-            proposal_ids: outcome.proposals.into_iter().map(|p| p.id).collect(),
-            input_tokens: outcome.tokens.input,
-            output_tokens: outcome.tokens.output,
-            unsummarized: self.unsummarized(&input.user).await?,
-        })
+        result
     }
 
     /// Folds the oldest unsummarised messages into the summary, once per key.
@@ -464,6 +398,106 @@ pub(crate) struct Outcome {
 }
 
 impl ChatActivities {
+    /// One chat turn: the body of `chat.respond`, which counts how it ended.
+    async fn turn(
+        &self,
+        ctx: ActivityContext,
+        input: TurnInput,
+    ) -> Result<TurnOutput, ActivityError> {
+        let context = match self
+            .store
+            .turn_context(&input.user, &input.message_id, self.settings.history_limit)
+            .await
+        {
+            Ok(context) => context,
+            Err(StoreError::NotFound | StoreError::Conflict(_)) => {
+                return Err(permanent(
+                    failure_type::MESSAGE_NOT_FOUND,
+                    format!("no user message {} for this user", input.message_id),
+                ));
+            }
+            Err(error) => return Err(store_error(error)),
+        };
+        if let Some(reply) = &context.existing_reply
+            && reply.status == mainloop_store::MessageStatus::Complete
+        {
+            return self.already_answered(&input.user, reply).await;
+        }
+        if matches!(self.backend, ChatBackend::NotConfigured) {
+            return Err(Self::not_configured());
+        }
+        let started = self
+            .store
+            .start_reply(&input.user, &input.message_id)
+            .await
+            .map_err(store_error)?;
+        if started.already_complete {
+            return self.already_answered(&input.user, &started.message).await;
+        }
+        let reply_id = started.message.id.clone();
+        let _heartbeat = Heartbeat::start(ctx.clone(), self.settings.heartbeat_interval);
+        // Temporal cancels an attempt it has given up on (timed out, say): stop streaming then,
+        // rather than compete with the attempt that replaces it.
+        let conversed = async {
+            match &self.backend {
+                ChatBackend::Api(model) => {
+                    self.converse(model, &input.user, &reply_id, started.attempt, &context)
+                        .await
+                }
+                ChatBackend::Cli(cli) => {
+                    self.converse_cli(cli, &input.user, &reply_id, started.attempt, &context)
+                        .await
+                }
+                ChatBackend::NotConfigured => Err(Self::not_configured()),
+            }
+        };
+        let result = tokio::select! {
+            result = conversed => result,
+            _ = ctx.cancelled() => Err(ActivityError::cancelled()),
+        };
+        let outcome = result?;
+        let usage = Usage {
+            model: self.settings.model.clone(),
+            input_tokens: outcome.tokens.input,
+            output_tokens: outcome.tokens.output,
+            cache_tokens: outcome.tokens.cache(),
+            cost_usd: outcome
+                .cost_usd
+                .or_else(|| pricing::cost_usd(&self.settings.model, outcome.tokens)),
+        };
+        self.store
+            .finish_reply(
+                &input.user,
+                &reply_id,
+                Some(started.attempt),
+                MessageKind::Chat,
+                &outcome.text,
+                Some(&usage),
+            )
+            .await
+            .map_err(store_error)?;
+        if let Some(metrics) = &self.metrics {
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            metrics.spent(
+                Source::Chat,
+                Spent {
+                    input_tokens: count(usage.input_tokens),
+                    output_tokens: count(usage.output_tokens),
+                    cache_tokens: count(usage.cache_tokens),
+                    cost_usd: usage.cost_usd,
+                },
+            );
+        }
+        Ok(TurnOutput {
+            reply_id,
+            already_answered: false,
+            proposal_ids: outcome.proposals.into_iter().map(|p| p.id).collect(),
+            input_tokens: outcome.tokens.input,
+            output_tokens: outcome.tokens.output,
+            unsummarized: self.unsummarized(&input.user).await?,
+        })
+    }
+
     /// The outcome of a turn whose reply exists already (a duplicate or retried turn).
     async fn already_answered(
         &self,
@@ -937,6 +971,19 @@ pub(crate) fn spawn_text_writer(
         Ok(())
     });
     (handle, tx)
+}
+
+/// How a turn ended, for `mainloop_chat_turns_total`.
+fn turn_outcome(result: &Result<TurnOutput, ActivityError>) -> TurnOutcome {
+    match result {
+        Ok(output) if output.already_answered => TurnOutcome::Duplicate,
+        Ok(_) => TurnOutcome::Answered,
+        Err(ActivityError::Cancelled { .. }) => TurnOutcome::Cancelled,
+        Err(ActivityError::Application(failure)) if failure.is_non_retryable() => {
+            TurnOutcome::Failed
+        }
+        Err(_) => TurnOutcome::Error,
+    }
 }
 
 #[cfg(test)]

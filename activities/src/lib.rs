@@ -10,6 +10,7 @@ pub mod github;
 mod heartbeat;
 pub mod jobs;
 pub mod mcp;
+pub mod metrics;
 pub mod pricing;
 pub mod repo;
 pub mod task_text;

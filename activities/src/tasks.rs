@@ -27,6 +27,7 @@ use crate::errors::{permanent, retryable, store_error};
 use crate::github::{CiState, CommentKind, GitHub, GitHubError, IssueUpdate, PullState};
 use crate::heartbeat::Heartbeat;
 use crate::jobs::{JobError, JobLine, JobRequest, JobRunner};
+use crate::metrics::{ActivityMetrics, JobOutcomeLabel, JobTimer, Source, Spent};
 use crate::task_text::{self, LedgerEntry, PlanReply};
 
 /// Failure type names the workflow tells apart.
@@ -120,6 +121,7 @@ pub struct TaskActivities {
     runner: Arc<dyn JobRunner>,
     settings: TaskSettings,
     slots: Arc<Semaphore>,
+    metrics: Option<Arc<ActivityMetrics>>,
 }
 
 impl TaskActivities {
@@ -136,7 +138,14 @@ impl TaskActivities {
             runner,
             settings,
             slots,
+            metrics: None,
         }
+    }
+
+    /// Records jobs, fix attempts and their spending in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ActivityMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn task(&self, user: &str, task_id: &str) -> Result<Task, ActivityError> {
@@ -980,6 +989,16 @@ impl TaskActivities {
             .start_task_run(&user, &task.id, &input.name, input.mode.as_str())
             .await
             .map_err(store_error)?;
+        // Timed from here, with a slot held: waiting for a slot is not part of the job.
+        let mut timer: Option<JobTimer> = self
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.job_started(input.mode.as_str()));
+        let mut ended = |outcome| {
+            if let Some(timer) = timer.as_mut() {
+                timer.outcome(outcome);
+            }
+        };
         let request = JobRequest {
             name: input.name.clone(),
             task_id: task.id.clone(),
@@ -1000,6 +1019,7 @@ impl TaskActivities {
         };
         drop(slot);
         let Some(result) = result else {
+            ended(JobOutcomeLabel::Cancelled);
             if let Err(error) = self.runner.cancel(&task.id, &input.name).await {
                 tracing::warn!(%error, job = %input.name, "could not stop a cancelled job");
             }
@@ -1018,6 +1038,7 @@ impl TaskActivities {
             Ok(result) => result,
             Err(JobError::Retryable(message)) => return Err(retryable(message, None)),
             Err(JobError::Permanent(message)) => {
+                ended(JobOutcomeLabel::Failed);
                 return Err(permanent(failure_type::JOB_REJECTED, message));
             }
         };
@@ -1031,6 +1052,23 @@ impl TaskActivities {
             cost_usd: result.usage.cost_usd,
         };
         let succeeded = !matches!(result.outcome, Outcome::Failed { .. });
+        ended(if succeeded {
+            JobOutcomeLabel::Succeeded
+        } else {
+            JobOutcomeLabel::Failed
+        });
+        if let Some(metrics) = &self.metrics {
+            metrics.spent(
+                Source::Job,
+                Spent {
+                    input_tokens: result.usage.input_tokens,
+                    output_tokens: result.usage.output_tokens,
+                    cache_tokens: result.usage.cache_creation_input_tokens
+                        + result.usage.cache_read_input_tokens,
+                    cost_usd: Some(result.usage.cost_usd),
+                },
+            );
+        }
         let outcome = match result.outcome {
             Outcome::Plan { plan, questions } => {
                 self.store

@@ -10,8 +10,9 @@ pub mod config;
 pub mod error;
 mod events;
 mod extract;
-mod health;
+pub mod health;
 mod messages;
+pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 mod proposals;
@@ -60,6 +61,8 @@ pub struct ApiSettings {
     pub app: AppConfig,
     /// The web app's files.
     pub web: WebAssets,
+    /// Where requests are counted and timed; none: they are not.
+    pub metrics: Option<Arc<metrics::ApiMetrics>>,
 }
 
 #[derive(Clone)]
@@ -117,7 +120,7 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .route("/api/github/webhook", post(webhook::receive))
         .layer(timed);
     let web = Arc::new(settings.web.clone());
-    Router::new()
+    let app = Router::new()
         .merge(authenticated)
         .merge(public)
         .fallback(move |request: Request| async move { web::serve(&web, request).await })
@@ -138,7 +141,16 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panicked))
-        .with_state(state)
+        .with_state(state);
+    match &settings.metrics {
+        // Outermost, so it sees every answer (a caught panic's too). `Router::layer` wraps
+        // each route, after routing: the matched route template is known there.
+        Some(metrics) => app.layer(middleware::from_fn_with_state(
+            metrics.clone(),
+            metrics::track,
+        )),
+        None => app,
+    }
 }
 
 /// Serves until `state.shutdown` is cancelled, then finishes in-flight requests.

@@ -552,6 +552,27 @@ impl Store {
         rows.into_iter().map(TaskRow::into_task).collect()
     }
 
+    /// How many tasks, of every user, are in each status (every status, zero included), for
+    /// the metrics. One pass over the table: cheap at the sizes a self-hosted install reaches.
+    pub async fn count_tasks_by_status(&self) -> Result<Vec<(TaskStatus, i64)>> {
+        let rows: Vec<(String, i64)> = db!(self, |pool, pg| {
+            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(TaskStatus::ALL
+            .into_iter()
+            .map(|status| {
+                let count = rows
+                    .iter()
+                    .filter(|(name, _)| name == status.as_str())
+                    .map(|(_, count)| *count)
+                    .sum();
+                (status, count)
+            })
+            .collect())
+    }
+
     /// Replaces the workflow-owned part of a task, resolves the task's open inbox items and
     /// raises `raise` (if any), announcing each change. Idempotent.
     pub async fn record_task(

@@ -84,6 +84,7 @@ on_both!(
     job_logs_and_costs_are_counted_once,
     a_webhook_delivery_nudges_the_tasks_it_names_once,
     notes_name_the_task_they_are_about,
+    tasks_are_counted_by_status_for_every_status,
 );
 
 const WF: &str = "main-thread/alice";
@@ -1043,5 +1044,36 @@ async fn notes_name_the_task_they_are_about(store: &Store) -> Result<()> {
     let listed = store.list_messages("alice", None, 10).await?;
     let ids: Vec<_> = listed.iter().map(|m| m.task_id.as_deref()).collect();
     assert_eq!(ids, [Some("task-7"), None]);
+    Ok(())
+}
+
+async fn tasks_are_counted_by_status_for_every_status(store: &Store) -> Result<()> {
+    let counts = store.count_tasks_by_status().await?;
+    assert_eq!(counts.len(), TaskStatus::ALL.len());
+    assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
+    confirmed_task(store, "t1").await?;
+    let second = confirmed_task(store, "t2").await?;
+    let merged = TaskProjection {
+        status: Some(TaskStatus::Merged),
+        ..TaskProjection::default()
+    };
+    store
+        .record_task("alice", &second.id, &merged, None)
+        .await?;
+    let counts = store.count_tasks_by_status().await?;
+    let count = |status| {
+        counts
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, n)| *n)
+            .unwrap_or(-1)
+    };
+    assert_eq!(count(TaskStatus::Merged), 1, "{counts:?}");
+    assert_eq!(
+        count(TaskStatus::Planning) + count(TaskStatus::Pending),
+        1,
+        "{counts:?}"
+    );
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<i64>(), 2);
     Ok(())
 }

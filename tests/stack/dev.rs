@@ -1,5 +1,6 @@
-//! `mainloop dev` as a user runs it: one command, URLs printed, chat works, Ctrl-C stops all
-//! of it, and a restart keeps every message; `mainloop dev --demo` takes a change from the chat
+//! `mainloop dev` as a user runs it: one command, URLs printed, chat works (and shows in the
+//! metrics listener, when one is asked for), Ctrl-C stops all of it, and a restart keeps every
+//! message; `mainloop dev --demo` takes a change from the chat
 //! to a merged pull request with no accounts. And the safety check on `serve`.
 
 use std::future::Future;
@@ -102,7 +103,14 @@ async fn mainloop_dev_runs_everything_stops_cleanly_and_keeps_the_thread() -> Re
     let ports = (free_port()?, free_port()?, free_port()?);
     let http = reqwest::Client::new();
 
-    let mut dev = start_dev(data.path(), &anthropic, ports).await?;
+    // The first run also serves metrics: one listener for the API and the worker.
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut command = dev_command(data.path(), ports)?;
+    command
+        .env("ANTHROPIC_BASE_URL", anthropic.base_url())
+        .env("ANTHROPIC_API_KEY", anthropic.api_key())
+        .env("MAINLOOP_METRICS_LISTEN", &metrics);
+    let mut dev = spawn_dev(command).await?;
     assert_eq!(dev.api, format!("http://127.0.0.1:{}", ports.0));
     assert_eq!(dev.ui, format!("http://127.0.0.1:{}", ports.2));
     let ui = http.get(&dev.ui).send().await?;
@@ -126,6 +134,27 @@ async fn mainloop_dev_runs_everything_stops_cleanly_and_keeps_the_thread() -> Re
     assert_eq!(posted.status(), 202);
     events.collect_until(WAIT, is_assistant_completion).await?;
     drop(events);
+    // The turn ran, so the worker polls: ready, with the API's readiness beside it.
+    let ready = http.get(format!("http://{metrics}/readyz")).send().await?;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await?;
+    assert_eq!(ready["worker"], "polling", "{ready}");
+    assert_eq!(ready["api"]["status"], "ready", "{ready}");
+    let text = http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for series in [
+        "mainloop_chat_turns_total{outcome=\"answered\"} 1",
+        "mainloop_tasks{status=\"merged\"} 0",
+        "mainloop_http_requests_total{method=\"POST\",route=\"/api/messages\",status=\"202\"} 1",
+        "temporal_request{",
+        "temporal_activity_execution_latency_bucket{",
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
 
     let status = interrupt(&mut dev).await?;
     assert!(
@@ -135,9 +164,12 @@ async fn mainloop_dev_runs_everything_stops_cleanly_and_keeps_the_thread() -> Re
     // Nothing is left listening: the Temporal dev server went with it.
     assert!(std::net::TcpStream::connect(("127.0.0.1", ports.1)).is_err());
     assert!(std::net::TcpStream::connect(("127.0.0.1", ports.0)).is_err());
+    assert!(std::net::TcpStream::connect(&metrics).is_err());
 
     // A restart keeps every message, and the same thread answers again.
     let mut dev = start_dev(data.path(), &anthropic, ports).await?;
+    // Without MAINLOOP_METRICS_LISTEN, no metrics listener.
+    assert!(std::net::TcpStream::connect(&metrics).is_err());
     let page: serde_json::Value = http
         .get(format!("{}/api/messages", dev.api))
         .send()

@@ -30,6 +30,8 @@ pub struct Stack {
     api: Option<ChildProcess>,
     worker: Option<ChildProcess>,
     extra_env: Vec<(String, String)>,
+    /// Settings of one role (`worker` or `serve`) only, as (role, variable, value).
+    role_env: Vec<(String, String, String)>,
     http: reqwest::Client,
 }
 
@@ -40,6 +42,15 @@ impl Stack {
 
     /// Starts everything; `env` overrides the children's settings.
     pub async fn start_with(env: &[(&str, &str)]) -> Result<Stack> {
+        Stack::start_with_roles(env, &[]).await
+    }
+
+    /// Starts everything; `env` overrides the children's settings, and `role_env` the
+    /// settings of one role (`worker` or `serve`), e.g. an address only it binds.
+    pub async fn start_with_roles(
+        env: &[(&str, &str)],
+        role_env: &[(&str, &str, &str)],
+    ) -> Result<Stack> {
         let dir = tempfile::Builder::new()
             .prefix("mainloop-stack-")
             .tempdir()?;
@@ -65,6 +76,10 @@ impl Stack {
             extra_env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            role_env: role_env
+                .iter()
+                .map(|(r, k, v)| (r.to_string(), k.to_string(), v.to_string()))
                 .collect(),
             http: reqwest::Client::new(),
         };
@@ -103,6 +118,9 @@ impl Stack {
             .env_remove("TEMPORAL_API_KEY")
             .env_remove("TEMPORAL_TLS");
         for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
+        for (_, key, value) in self.role_env.iter().filter(|(r, _, _)| r == role) {
             command.env(key, value);
         }
         command

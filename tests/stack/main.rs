@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod histories;
 mod long_thread;
+mod metrics;
 mod subscription;
 mod task_humans;
 mod task_recovery;

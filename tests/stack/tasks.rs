@@ -145,6 +145,15 @@ impl TaskStack {
     }
 
     pub async fn start_with(extra: &[(&str, &str)]) -> Result<TaskStack> {
+        TaskStack::start_with_roles(extra, &[]).await
+    }
+
+    /// As [`TaskStack::start_with`], with settings of one role: see
+    /// [`Stack::start_with_roles`].
+    pub async fn start_with_roles(
+        extra: &[(&str, &str)],
+        role_env: &[(&str, &str, &str)],
+    ) -> Result<TaskStack> {
         let github = FakeGitHub::start().await?;
         github.create_repo("acme", "web").await?;
         let agent = agent_bin()?.display().to_string();
@@ -177,7 +186,7 @@ impl TaskStack {
             ("IS_SANDBOX", "1"),
         ];
         env.extend_from_slice(extra);
-        let stack = Stack::start_with(&env).await?;
+        let stack = Stack::start_with_roles(&env, role_env).await?;
         stack.anthropic.set_default(scripted_model);
         Ok(TaskStack {
             stack,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,6 +16,9 @@ use temporalio_common::protos::temporal::api::enums::v1::IndexedValueType;
 use temporalio_common::protos::temporal::api::operatorservice::v1::{
     AddSearchAttributesRequest, ListSearchAttributesRequest,
 };
+use temporalio_common::telemetry::TelemetryOptions;
+use temporalio_common::telemetry::metrics::CoreMeter;
+use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +31,11 @@ pub struct WorkerSettings {
     pub graceful_shutdown: Duration,
     /// How long a cached workflow's task waits for this worker before any worker may take it.
     pub sticky_timeout: Duration,
+    /// Where the SDK records its metrics (`temporal_*`); none: it records none.
+    pub meter: Option<Arc<dyn CoreMeter>>,
+    /// True while the SDK's worker runs (it checks the namespace, then polls), false while it
+    /// is being built, rebuilt after a failure, or drained: the worker's readiness.
+    pub polling: Arc<AtomicBool>,
 }
 
 /// Everything a worker executes.
@@ -46,7 +55,14 @@ pub async fn run(
     implementations: Implementations,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let runtime = Runtime::from_current_tokio(Default::default())
+    let telemetry = TelemetryOptions::builder()
+        .maybe_metrics(settings.meter.clone())
+        .build();
+    let options = RuntimeOptions::builder()
+        .telemetry_options(telemetry)
+        .build()
+        .map_err(|e| anyhow::anyhow!("the Temporal runtime's options: {e}"))?;
+    let runtime = Runtime::from_current_tokio(options)
         .map_err(|e| anyhow::anyhow!("creating the Temporal runtime: {e}"))?;
     let chat = Arc::new(implementations.chat);
     let tasks = Arc::new(implementations.tasks);
@@ -63,6 +79,7 @@ pub async fn run(
         let mut worker = Worker::new(&runtime, client.clone(), options)
             .map_err(|e| anyhow::anyhow!("creating the worker: {e}"))?;
         let stop = worker.shutdown_handle();
+        settings.polling.store(true, Ordering::Relaxed);
         let result = {
             let run = worker.run();
             tokio::pin!(run);
@@ -70,11 +87,13 @@ pub async fn run(
                 result = &mut run => result,
                 () = shutdown.cancelled() => {
                     tracing::info!("worker draining");
+                    settings.polling.store(false, Ordering::Relaxed);
                     stop();
                     run.await
                 }
             }
         };
+        settings.polling.store(false, Ordering::Relaxed);
         if shutdown.is_cancelled() {
             return result.map_err(|e| anyhow::anyhow!("worker: {e}"));
         }

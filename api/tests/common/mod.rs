@@ -64,6 +64,7 @@ pub async fn serve(
         webhook_secret: None,
         app: Default::default(),
         web: WebAssets::Dir(dir.path().join("no-web-build")),
+        metrics: None,
     };
     configure(&mut settings, dir.path());
     let shutdown = CancellationToken::new();
