@@ -1,5 +1,5 @@
 //! Facts kept in two places must agree: the README's configuration table and the variables
-//! the binary reads; testkit's copy of the search attributes and the workflows' list; the
+//! the binary reads, and the mainloop variables the deployment files set; testkit's copy of the search attributes and the workflows' list; the
 //! CLI's defaults and the main thread's fallback settings.
 
 use std::collections::BTreeSet;
@@ -40,6 +40,53 @@ fn readme_variables() -> BTreeSet<String> {
                 .to_string()
         })
         .collect()
+}
+
+/// `MAINLOOP_*` names a deployment file sets: `NAME=` (kustomize literals, Dockerfile `ENV`),
+/// `NAME:` (compose environment maps) or `name: NAME` (Kubernetes env entries).
+fn mainloop_variables_in(path: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|error| panic!("reading {path}: {error}"));
+    let mut names = BTreeSet::new();
+    for (at, _) in text.match_indices("MAINLOOP_") {
+        let name: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        let after = text[at + name.len()..].chars().next();
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let before = text[line_start..at].trim_start_matches([' ', '-']);
+        // `${MAINLOOP_…}` is compose's own interpolation of .env, not a setting of mainloop.
+        let interpolated = text[..at].ends_with('{');
+        if !interpolated && (matches!(after, Some('=' | ':')) || before == "name: ") {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[test]
+fn deployment_files_set_only_variables_mainloop_reads() {
+    let cli = cli_variables();
+    for path in [
+        "k8s/base/kustomization.yaml",
+        "k8s/base/api.yaml",
+        "k8s/base/worker.yaml",
+        "k8s/overlays/dev/kustomization.yaml",
+        "k8s/overlays/prod/kustomization.yaml",
+        "docker-compose.yml",
+        "Dockerfile",
+    ] {
+        let set = mainloop_variables_in(path);
+        let unknown: Vec<_> = set.difference(&cli).collect();
+        assert!(
+            unknown.is_empty(),
+            "{path} sets variables mainloop does not read: {unknown:?}"
+        );
+    }
+    // The scan finds what it should, so an empty result above means something.
+    let compose = mainloop_variables_in("docker-compose.yml");
+    assert!(compose.contains("MAINLOOP_AUTH_TOKEN") && compose.contains("MAINLOOP_METRICS_LISTEN"));
 }
 
 #[test]

@@ -73,7 +73,10 @@ async fn the_release_binary_embeds_the_web_app_and_probes_its_health() -> Result
         .arg("serve")
         .current_dir(dir.path())
         .env_clear()
-        .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("m.db").display()))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("m.db").display()),
+        )
         .env("MAINLOOP_LISTEN", format!("127.0.0.1:{port}"))
         .env("MAINLOOP_AUTH", "token")
         .env("MAINLOOP_AUTH_TOKEN", "a-token-of-at-least-16-chars")

@@ -4,12 +4,12 @@
 # (temporal-schema does that). Neither is a superuser.
 set -euo pipefail
 
-: "${MAINLOOP_DB_PASSWORD:?}"
-: "${TEMPORAL_DB_PASSWORD:?}"
+: "${ROLE_PASSWORD_MAINLOOP:?}"
+: "${ROLE_PASSWORD_TEMPORAL:?}"
 
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
-    -v mainloop_password="$MAINLOOP_DB_PASSWORD" \
-    -v temporal_password="$TEMPORAL_DB_PASSWORD" <<'SQL'
+    -v mainloop_password="$ROLE_PASSWORD_MAINLOOP" \
+    -v temporal_password="$ROLE_PASSWORD_TEMPORAL" <<'SQL'
 CREATE ROLE mainloop LOGIN PASSWORD :'mainloop_password';
 CREATE DATABASE mainloop OWNER mainloop;
 CREATE ROLE temporal LOGIN CREATEDB PASSWORD :'temporal_password';
