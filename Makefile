@@ -7,16 +7,19 @@ SHELL := /bin/bash
 export PATH := $(PATH):$(shell go env GOPATH 2>/dev/null || echo $(HOME)/go)/bin:$(HOME)/go/bin
 CARGO ?= cargo
 
-.PHONY: help setup dev web web-types web-check e2e test lint fmt bench histories clean
+.PHONY: help setup dev web web-types web-check deploy-check e2e test lint fmt bench histories clean
 
 NPM ?= npm
 FRONTEND := frontend
 # npm ci from the committed lock file, again whenever the lock file changes.
 NODE_MODULES := $(FRONTEND)/node_modules/.installed
 E2E_MODULES := e2e/node_modules/.installed
+# The deployment checker: its own Go module, whose pinned dependencies come from the Go
+# module proxy on first use.
+DEPLOY_CHECK := scripts/deploy-check
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: ## Install what is missing (Temporal CLI, PostgreSQL for tests)
 	@scripts/setup
@@ -42,6 +45,10 @@ web-check: $(NODE_MODULES) ## The web app's checks: types, unit tests, build, ge
 	cd $(FRONTEND) && $(NPM) run build
 	scripts/web-types --check
 
+deploy-check: ## Check k8s/, temporal/, docker-compose.yml and the Dockerfiles (no cluster or Docker needed)
+	@command -v go >/dev/null 2>&1 || { echo "deploy-check needs Go 1.25+ (https://go.dev/dl)" >&2; exit 1; }
+	cd $(DEPLOY_CHECK) && go vet ./... && go test ./... && go run . --repo $(CURDIR)
+
 $(E2E_MODULES): e2e/package-lock.json e2e/package.json
 	cd e2e && $(NPM) ci --no-audit --no-fund
 	touch $@
@@ -53,12 +60,14 @@ e2e: setup web $(E2E_MODULES) ## The web app end to end in Chromium, against mai
 
 test: setup ## Run every test (real Temporal, SQLite and PostgreSQL, the web app's, end to end)
 	$(MAKE) web-check
+	$(MAKE) deploy-check
 	$(CARGO) test --workspace
 	$(MAKE) e2e
 
 lint: $(NODE_MODULES) ## Formatting, clippy and the web app's checks, as CI checks them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@unformatted="$$(gofmt -l $(DEPLOY_CHECK))"; [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted" >&2; exit 1; }
 	cd $(FRONTEND) && $(NPM) run check
 	cd $(FRONTEND) && $(NPM) run lint
 
