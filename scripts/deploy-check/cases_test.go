@@ -109,7 +109,7 @@ func TestEachCheckFails(t *testing.T) {
 			`docker-compose.yml: service "mainloop" has no image`},
 		{"compose var undocumented", replace(env, "# Port on the host for the web app.\n", ""),
 			`.env.example: MAINLOOP_PORT (line 10) is not documented`},
-		{"compose var undefined", replace(compose, "${POSTGRES_PASSWORD}", "${POSTGRES_PASSWD}"),
+		{"compose var undefined", replace(compose, "${POSTGRES_PASSWORD:?", "${POSTGRES_PASSWD:?"),
 			`docker-compose.yml: uses ${POSTGRES_PASSWD}, which .env.example does not define`},
 		{"compose service without healthcheck", replace(compose, "    healthcheck: {test: [\"CMD\", \"tctl\", \"cluster\", \"health\"], interval: 5s}\n", ""),
 			`docker-compose.yml: service "temporal" has no healthcheck`},

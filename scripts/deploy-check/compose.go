@@ -105,7 +105,7 @@ func loadCompose(repo string, env map[string]string) (*types.Project, []string) 
 		ConfigFiles: []types.ConfigFile{{Filename: path, Content: data}},
 		// Only .env.example, never the caller's environment: the result must not depend on
 		// who runs the check.
-		Environment: env,
+		Environment: filledIn(env),
 	}
 	project, err := loader.LoadWithContext(context.Background(), details, func(o *loader.Options) {
 		// A fallback: a top-level `name:` in the file wins over a name that is not explicit.
@@ -115,6 +115,20 @@ func loadCompose(repo string, env map[string]string) (*types.Project, []string) 
 		return nil, append(found, fmt.Sprintf("compose-spec: %v", err))
 	}
 	return project, found
+}
+
+// filledIn gives the secrets .env.example leaves empty for the user a stand-in value, so that
+// `${VAR:?message}` (the compose file's way of demanding them) interpolates and the rest of
+// the file is checked.
+func filledIn(env map[string]string) map[string]string {
+	out := make(map[string]string, len(env))
+	for name, value := range env {
+		if value == "" {
+			value = "filled-in-by-the-user"
+		}
+		out[name] = value
+	}
+	return out
 }
 
 // undefinedVariables: every ${VAR} or $VAR the file uses is assigned in .env.example (which

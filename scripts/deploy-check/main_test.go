@@ -137,9 +137,9 @@ func TestObjectsMode(t *testing.T) {
 
 func TestComposeWarningsAreReported(t *testing.T) {
 	repo := copyTree(t, filepath.Join("testdata", "repo"))
-	replace("docker-compose.yml", "${POSTGRES_PASSWORD}", "${POSTGRES_PASSWD}")(t, repo)
+	replace("docker-compose.yml", "${MAINLOOP_PORT}", "${MAINLOOP_PRT}")(t, repo)
 	report := checkTree(t, repo)
-	want := `docker-compose.yml: The "POSTGRES_PASSWD" variable is not set. Defaulting to a blank string.`
+	want := `docker-compose.yml: The "MAINLOOP_PRT" variable is not set. Defaulting to a blank string.`
 	for _, w := range report.Warnings {
 		if w == want {
 			return
