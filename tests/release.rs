@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mainloop_testkit::ports::free_port;
+use mainloop_testkit::postgres::PgServer;
 use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -69,14 +70,14 @@ async fn the_release_binary_embeds_the_web_app_and_probes_its_health() -> Result
         "the probe passed with nothing listening"
     );
 
+    // serve needs PostgreSQL: separate processes cannot share SQLite's wake-ups.
+    let postgres = PgServer::start().await?;
+    let database_url = postgres.create_database("release").await?;
     let mut serve = Command::new(&mainloop)
         .arg("serve")
         .current_dir(dir.path())
         .env_clear()
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("m.db").display()),
-        )
+        .env("DATABASE_URL", database_url)
         .env("MAINLOOP_LISTEN", format!("127.0.0.1:{port}"))
         .env("MAINLOOP_AUTH", "token")
         .env("MAINLOOP_AUTH_TOKEN", "a-token-of-at-least-16-chars")
