@@ -23,11 +23,37 @@ fn target_dir() -> Result<PathBuf> {
         .context("the test binary is not under target/<profile>/deps")
 }
 
-/// Builds the release binaries as the Dockerfile does. A target directory of its own: the
-/// cargo running this test holds the lock on the one it builds in.
+/// Variables cargo sets for the test it runs. Build scripts (ring's, for one) rerun when such
+/// a variable changes, so a nested build that inherited them would rebuild half the tree
+/// whenever it alternates with a build from a shell, or the checkout moves.
+fn set_by_cargo_for_this_test(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
+}
+
+/// Builds the release binaries as the Dockerfile does, in the environment a shell would give
+/// it. A target directory of its own: the cargo running this test holds the lock on the one it
+/// builds in.
 async fn build_release() -> Result<PathBuf> {
     let target = target_dir()?.join("dist");
-    let status = Command::new(env!("CARGO"))
+    let mut command = Command::new(env!("CARGO"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_this_test) {
+            command.env_remove(name);
+        }
+    }
+    let status = command
         .args(["build", "--locked", "--release", "-p", "mainloop", "-p"])
         .arg("mainloop-agent")
         .arg("--target-dir")
