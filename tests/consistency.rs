@@ -117,6 +117,25 @@ fn testkit_registers_the_search_attributes_the_workflows_use() {
     assert_eq!(testkit, workflows);
 }
 
+#[test]
+fn the_deployments_register_every_search_attribute_the_workflows_use() {
+    // The set-up script (docker-compose and the Kubernetes Job) and the dev overlay's server.
+    for path in [
+        "temporal/setup/setup-namespace.sh",
+        "k8s/overlays/dev/temporal-dev.yaml",
+    ] {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+                .unwrap_or_else(|error| panic!("reading {path}: {error}"));
+        for (name, kind) in mainloop_workflows::SEARCH_ATTRIBUTES {
+            assert!(
+                text.contains(name) && *kind == "Keyword",
+                "{path} does not register the {kind} search attribute {name}"
+            );
+        }
+    }
+}
+
 #[derive(Parser)]
 struct ChatOnly {
     #[command(flatten)]

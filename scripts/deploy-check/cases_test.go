@@ -100,6 +100,10 @@ func TestEachCheckFails(t *testing.T) {
 			`temporal/schema-job.yaml: Job temporal/temporal-schema: container "schema": image "temporalio/admin-tools" is not pinned`},
 		{"temporal Job without drop ALL", replace("temporal/schema-job.yaml", "            capabilities: {drop: [ALL]}\n", ""),
 			`temporal/schema-job.yaml: Job temporal/temporal-schema: container "schema": capabilities do not drop ALL`},
+		{"unknown field in a kustomized temporal Job", replace("temporal/setup/job.yaml", "  backoffLimit: 2\n", "  backofflimit: 2\n"),
+			`temporal/setup: Job temporal/temporal-setup: strict decoding error: unknown field "spec.backofflimit"`},
+		{"compose mounts a missing file", remove("temporal/setup/setup.sh"),
+			`docker-compose.yml: service "mainloop" mounts temporal/setup/setup.sh, which does not exist`},
 		{"duplicate key in Helm values", replace("temporal/values.yaml", "  enabled: true\n", "  enabled: true\n  enabled: false\n"),
 			`temporal/values.yaml: unmarshal errors: line 10: mapping key "enabled" already defined at line 9`},
 		// docker-compose.yml and .env.example.

@@ -167,6 +167,15 @@ func composeServices(project *types.Project) []string {
 		if !oneShot[name] && !hasHealthcheck(svc) {
 			found.addf("service %q has no healthcheck (only a one-shot service, restart \"no\" and depended on with service_completed_successfully, may go without)", name)
 		}
+		for _, volume := range svc.Volumes {
+			// A missing bind source would be created by Docker as an empty directory, and the
+			// script or file meant to be there silently is not.
+			if volume.Type == types.VolumeTypeBind {
+				if _, err := os.Stat(volume.Source); err != nil {
+					found.addf("service %q mounts %s, which does not exist", name, rel(project.WorkingDir, volume.Source))
+				}
+			}
+		}
 		for _, dep := range sortedKeys(svc.DependsOn) {
 			cond := svc.DependsOn[dep].Condition
 			if cond != types.ServiceConditionHealthy && cond != types.ServiceConditionCompletedSuccessfully {

@@ -1,5 +1,5 @@
-// temporal/: Kubernetes objects there are checked like the kustomize output; everything else
-// (Helm values) must be YAML without duplicate keys.
+// temporal/: Kubernetes objects there, loose or in a kustomization, are checked like the
+// kustomize output; everything else (Helm values) must be YAML without duplicate keys.
 package main
 
 import (
@@ -19,7 +19,20 @@ func checkTemporal(repo string, decoder *Decoder, report *Report) {
 		return
 	}
 	var all []Object
+	built := map[string]bool{}
 	for _, file := range files {
+		dir := filepath.Dir(file)
+		if isKustomization(dir) {
+			// Its files are parts of what kustomize builds, not objects on their own.
+			if !built[dir] {
+				built[dir] = true
+				objs, found := buildObjects(dir, decoder)
+				found = append(found, checkObjects(objs, batchPolicy)...)
+				all = append(all, objs...)
+				report.Check(rel(repo, dir), fmt.Sprintf("kustomize build, %d objects", len(objs)), found)
+			}
+			continue
+		}
 		objs, summary, found := checkTemporalFile(file, decoder)
 		all = append(all, objs...)
 		report.Check(rel(repo, file), summary, found)
@@ -63,4 +76,14 @@ func checkTemporalFile(file string, decoder *Decoder) ([]Object, string, []strin
 		summary = fmt.Sprintf("%s, %d values document(s)", summary, values)
 	}
 	return objs, summary, found
+}
+
+// isKustomization: dir holds a kustomization file.
+func isKustomization(dir string) bool {
+	for _, name := range []string{"kustomization.yaml", "kustomization.yml", "Kustomization"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return true
+		}
+	}
+	return false
 }

@@ -1,0 +1,2 @@
+#!/bin/sh
+temporal operator namespace create --namespace mainloop
