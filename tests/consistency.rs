@@ -151,3 +151,32 @@ fn the_cli_defaults_are_the_main_threads_fallback() {
         mainloop_workflows::defaults::thread_config()
     );
 }
+
+/// The value of the first `NAME=value` (or `NAME="value"`) line in a file of the repository.
+fn assignment_in(path: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|error| panic!("reading {path}: {error}"));
+    text.lines()
+        .filter_map(|line| {
+            line.trim_start_matches("ARG ")
+                .strip_prefix(&format!("{name}="))
+        })
+        .map(|value| {
+            let value = value.split_whitespace().next().unwrap_or_default();
+            value.trim_matches('"').to_string()
+        })
+        .next()
+        .unwrap_or_else(|| panic!("{path} does not set {name}"))
+}
+
+#[test]
+fn the_images_ship_the_claude_code_version_the_tests_run() {
+    let tested = assignment_in("scripts/setup", "CLAUDE_CODE_VERSION");
+    for dockerfile in ["Dockerfile", "claude-agent/Dockerfile"] {
+        assert_eq!(
+            assignment_in(dockerfile, "CLAUDE_CODE_VERSION"),
+            tested,
+            "{dockerfile} pins another Claude Code than scripts/setup installs for the tests"
+        );
+    }
+}
