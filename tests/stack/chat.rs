@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::harness::{
     Stack, WAIT, asked, assert_one_reply_each, chat_requests, is_assistant_completion, replies_to,
+    streamed_deltas,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,14 +32,7 @@ async fn a_message_streams_over_sse_and_ends_as_one_stored_reply() -> Result<()>
     let kinds: Vec<&str> = received.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(kinds.first(), Some(&"message.created"));
     assert!(kinds.contains(&"message.started"), "{kinds:?}");
-    let deltas: Vec<String> = received
-        .iter()
-        .filter(|e| e.event == "message.delta")
-        .map(|e| {
-            e.json()
-                .map(|d| d["text"].as_str().unwrap_or_default().to_string())
-        })
-        .collect::<Result<_>>()?;
+    let deltas = streamed_deltas(&received)?;
     assert!(deltas.len() >= 2, "the reply was not streamed: {deltas:?}");
     assert_eq!(deltas.concat(), text);
     let ids: Vec<i64> = received

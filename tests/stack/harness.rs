@@ -322,6 +322,18 @@ pub fn is_assistant_completion(event: &SseEvent) -> bool {
     event.event == "message.completed" && event.json().is_ok_and(|data| data["role"] == "assistant")
 }
 
+/// The text pieces of the `message.delta` events among `received`, in order.
+pub fn streamed_deltas(received: &[SseEvent]) -> Result<Vec<String>> {
+    received
+        .iter()
+        .filter(|e| e.event == "message.delta")
+        .map(|e| {
+            e.json()
+                .map(|d| d["text"].as_str().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
 /// Replies in the thread, by the user message they answer.
 pub fn replies_to<'a>(thread: &'a [Message], message_id: &str) -> Vec<&'a Message> {
     thread

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     Stack, USER, WAIT, assert_one_reply_each, chat_requests, is_assistant_completion, is_summary,
-    replies_to,
+    replies_to, streamed_deltas,
 };
 use crate::tasks::claude_bin;
 
@@ -93,14 +93,7 @@ async fn a_subscription_user_chats_through_claude_code_with_the_mcp_tool() -> Re
         .with_context(|| stack.logs())?;
 
     // The reply streamed in pieces and ended as one stored reply with the proposal card.
-    let deltas: Vec<String> = received
-        .iter()
-        .filter(|e| e.event == "message.delta")
-        .map(|e| {
-            e.json()
-                .map(|d| d["text"].as_str().unwrap_or_default().to_string())
-        })
-        .collect::<Result<_>>()?;
+    let deltas = streamed_deltas(&received)?;
     assert!(deltas.len() >= 2, "the reply was not streamed: {deltas:?}");
     let text = "I'll set that up.\n\nProposed: dark mode for acme/web. Confirm it to start.";
     assert_eq!(deltas.concat(), text);
