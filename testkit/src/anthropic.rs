@@ -682,15 +682,7 @@ impl RecordedRequest {
 
     /// The system prompt as one string (text blocks joined with newlines); empty if none.
     pub fn system_text(&self) -> String {
-        match self.body.get("system") {
-            Some(Value::String(text)) => text.clone(),
-            Some(Value::Array(blocks)) => blocks
-                .iter()
-                .filter_map(text_of_block)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            _ => String::new(),
-        }
+        text_or_blocks(self.body.get("system"))
     }
 
     pub fn is_streaming(&self) -> bool {
@@ -732,7 +724,12 @@ impl RecordedRequest {
 /// The text of a message or a `tool_result` block: its string content, or its text blocks
 /// joined with newlines.
 pub fn content_text(message: &Value) -> String {
-    match message.get("content") {
+    text_or_blocks(message.get("content"))
+}
+
+/// The API's two shapes of text: a string, or an array of blocks whose text blocks count.
+fn text_or_blocks(value: Option<&Value>) -> String {
+    match value {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Array(blocks)) => blocks
             .iter()
