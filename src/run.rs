@@ -583,8 +583,6 @@ async fn job_runner(parts: &WorkerParts<'_>) -> Result<Arc<dyn JobRunner>> {
 mod tests {
     use clap::Parser as _;
 
-    use mainloop_activities::jobs::kubernetes::{JobResources, KubernetesSettings};
-
     use super::*;
     use crate::config::{Cli, Command};
 
@@ -605,109 +603,6 @@ mod tests {
     fn backend(flags: &[&str], data_dir: &std::path::Path) -> ChatBackend {
         let args = worker_args(flags).unwrap_or_else(|e| panic!("{e}"));
         chat_backend(&args.chat, &args.tasks, data_dir).unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    fn kubernetes(flags: &[&str]) -> KubernetesSettings {
-        let args = worker_args(flags).unwrap_or_else(|e| panic!("{e}"));
-        args.tasks
-            .kubernetes
-            .settings(&args.tasks.agent_image)
-            .unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    #[test]
-    fn kubernetes_flags_reach_the_runners_settings() {
-        let settings = kubernetes(&[
-            "--agent-image",
-            "registry.example/agent:7",
-            "--k8s-namespace-prefix",
-            "ml-",
-            "--k8s-egress-ports",
-            "443,8443",
-            "--k8s-egress-excluded-cidrs",
-            "10.0.0.0/8, fd00::/8",
-            "--k8s-image-pull-secrets",
-            "ghcr,quay",
-            "--k8s-image-pull-policy",
-            "IfNotPresent",
-            "--k8s-job-cpu-request",
-            "250m",
-            "--k8s-job-memory-request",
-            "512Mi",
-            "--k8s-job-cpu-limit",
-            "1",
-            "--k8s-job-memory-limit",
-            "2Gi",
-            "--k8s-job-ttl",
-            "10m",
-        ]);
-        assert_eq!(settings.image, "registry.example/agent:7");
-        assert_eq!(settings.namespace_prefix, "ml-");
-        assert_eq!(settings.egress_ports, [443, 8443]);
-        assert_eq!(settings.egress_excluded_cidrs, ["10.0.0.0/8", "fd00::/8"]);
-        assert_eq!(settings.image_pull_secrets, ["ghcr", "quay"]);
-        assert_eq!(settings.image_pull_policy.as_deref(), Some("IfNotPresent"));
-        assert_eq!(
-            settings.resources,
-            JobResources {
-                cpu_request: "250m".into(),
-                memory_request: "512Mi".into(),
-                cpu_limit: "1".into(),
-                memory_limit: "2Gi".into(),
-            }
-        );
-        assert_eq!(settings.ttl_seconds_after_finished, 600);
-    }
-
-    #[test]
-    fn without_flags_kubernetes_jobs_get_the_runners_defaults_and_a_pinned_image() {
-        let settings = kubernetes(&[]);
-        let runner = KubernetesSettings::new(settings.image.clone());
-        assert_eq!(
-            settings.image,
-            format!(
-                "ghcr.io/mainloop-dev/mainloop-agent:{}",
-                env!("CARGO_PKG_VERSION")
-            )
-        );
-        assert_eq!(settings.namespace_prefix, "mainloop-task-");
-        assert_eq!(settings.namespace_prefix, runner.namespace_prefix);
-        assert_eq!(settings.egress_ports, [443]);
-        assert_eq!(settings.egress_excluded_cidrs, runner.egress_excluded_cidrs);
-        assert!(settings.image_pull_secrets.is_empty());
-        assert_eq!(settings.image_pull_policy, None);
-        assert_eq!(settings.resources, JobResources::default());
-        assert_eq!(settings.ttl_seconds_after_finished, 3600);
-        assert_eq!(
-            settings.ttl_seconds_after_finished,
-            runner.ttl_seconds_after_finished
-        );
-    }
-
-    #[test]
-    fn a_bad_cidr_is_refused_at_start_up_by_name() {
-        for bad in [
-            "10.1.0.0/33",
-            "10.1.0.0",
-            "example.com/8",
-            "::1/129",
-            "10.1.0.0/x",
-        ] {
-            let flags = ["--k8s-egress-excluded-cidrs", &format!("10.0.0.0/8,{bad}")];
-            let Err(error) = worker_args(&flags.iter().map(|f| f.as_ref()).collect::<Vec<_>>())
-            else {
-                panic!("{bad} was accepted");
-            };
-            let message = error.to_string();
-            assert!(
-                message.contains(&format!("{bad:?} is not a CIDR range")),
-                "{message}"
-            );
-        }
-        assert!(
-            worker_args(&["--k8s-image-pull-policy", "Sometimes"]).is_err(),
-            "an unknown pull policy was accepted"
-        );
     }
 
     #[test]
