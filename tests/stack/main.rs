@@ -3,6 +3,7 @@
 
 mod chat;
 mod dev;
+mod fault_suite;
 mod faults;
 mod harness;
 mod histories;
