@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export PATH := $(PATH):$(shell go env GOPATH 2>/dev/null || echo $(HOME)/go)/bin:$(HOME)/go/bin
 CARGO ?= cargo
 
-.PHONY: help setup dev web web-types web-check deploy-check e2e test lint fmt bench histories clean
+.PHONY: help setup dev web web-types web-check deploy-check e2e test lint fmt bench histories determinism-gate clean
 
 NPM ?= npm
 FRONTEND := frontend
@@ -62,6 +62,7 @@ test: setup ## Run every test (real Temporal, SQLite and PostgreSQL, the web app
 	$(MAKE) web-check
 	$(MAKE) deploy-check
 	$(CARGO) test --workspace
+	$(MAKE) determinism-gate
 	$(MAKE) e2e
 
 lint: $(NODE_MODULES) ## Formatting, clippy and the web app's checks, as CI checks them
@@ -77,6 +78,9 @@ fmt: $(NODE_MODULES) ## Format the code
 
 bench: setup ## Benchmarks (DESIGN §12), printed as a table with calibration ratios
 	$(CARGO) bench --bench f1_chat
+
+determinism-gate: ## Check that incompatible workflow changes fail to replay the corpus and patched() ones pass (docs/determinism.md)
+	CARGO=$(CARGO) scripts/determinism-gate
 
 histories: setup ## Re-record the replay corpus in workflows/tests/histories
 	MAINLOOP_RECORD_HISTORIES=1 $(CARGO) test --test stack -- histories::
