@@ -12,6 +12,7 @@
 //! else) and never go through the API's authentication.
 
 pub mod sdk;
+pub mod sql;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,11 @@ impl Telemetry {
         registry
             .register(Box::new(meter.collector()))
             .context("registering the Temporal SDK's metrics")?;
+        if let Some(statements) = sql::counter() {
+            registry
+                .register(Box::new(statements))
+                .context("registering the SQL statement counter")?;
+        }
         Ok(Telemetry { registry, meter })
     }
 
