@@ -393,4 +393,7 @@ pub struct TaskArgs {
     /// Longest retry delay of a failed GitHub call or job start.
     #[arg(long, env = "MAINLOOP_RETRY_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
     pub retry_max: Duration,
+    /// History events after which a task continues as new (as soon as it is between steps).
+    #[arg(long, env = "MAINLOOP_TASK_HISTORY_LIMIT", default_value_t = 8_000)]
+    pub task_history_limit: u32,
 }

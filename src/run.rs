@@ -493,6 +493,7 @@ pub fn task_settings(tasks: &TaskArgs) -> TaskSettings {
             job_heartbeat_ms: millis(tasks.job_heartbeat_timeout),
             github_retry_initial_ms: millis(tasks.retry_initial),
             github_retry_max_ms: millis(tasks.retry_max),
+            history_limit: tasks.task_history_limit,
             ..TaskConfig::default()
         },
     }

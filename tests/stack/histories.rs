@@ -18,7 +18,7 @@ use mainloop_store::TaskStatus;
 use mainloop_testkit::github::{CiScript, Permission, ReviewState};
 
 /// Waits until the thread has taken `turns` turns and has nothing in hand.
-async fn settle(stack: &Stack, turns: u64) -> Result<()> {
+pub(crate) async fn settle(stack: &Stack, turns: u64) -> Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let state = stack.thread_state().await?;
@@ -37,7 +37,7 @@ async fn settle(stack: &Stack, turns: u64) -> Result<()> {
 }
 
 /// Every run of workflow `workflow_id`, oldest first, in the SDK's history JSON.
-async fn histories(stack: &Stack, workflow_id: &str) -> Result<Vec<Vec<u8>>> {
+pub(crate) async fn histories(stack: &Stack, workflow_id: &str) -> Result<Vec<Vec<u8>>> {
     let listed = stack
         .temporal
         .cli(&[
@@ -88,13 +88,18 @@ async fn histories(stack: &Stack, workflow_id: &str) -> Result<Vec<Vec<u8>>> {
 
 /// Replays what the main thread of `stack` recorded and, when asked to, commits it to the
 /// corpus.
-async fn keep(stack: &Stack, scenario: &str) -> Result<()> {
+pub(crate) async fn keep(stack: &Stack, scenario: &str) -> Result<()> {
     keep_workflow(stack, &main_thread(), "main_thread", scenario).await
 }
 
 /// Replays every run of `workflow_id` and, when asked to, commits them to the corpus under
 /// `kind`.
-async fn keep_workflow(stack: &Stack, workflow_id: &str, kind: &str, scenario: &str) -> Result<()> {
+pub(crate) async fn keep_workflow(
+    stack: &Stack,
+    workflow_id: &str,
+    kind: &str,
+    scenario: &str,
+) -> Result<()> {
     let runs = histories(stack, workflow_id).await?;
     let named: Vec<(String, Vec<u8>)> = runs
         .iter()
@@ -223,7 +228,7 @@ async fn compaction_and_continue_as_new() -> Result<()> {
 }
 
 /// Waits until workflow `workflow_id` has closed (completed, failed, …).
-async fn wait_closed(stack: &Stack, workflow_id: &str) -> Result<()> {
+pub(crate) async fn wait_closed(stack: &Stack, workflow_id: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let described = stack

@@ -2,11 +2,13 @@
 //! PostgreSQL, with only the Anthropic API faked at its wire.
 
 mod chat;
+mod counters;
 mod dev;
 mod fault_suite;
 mod faults;
 mod harness;
 mod histories;
+mod histories_paths;
 mod long_thread;
 mod metrics;
 mod subscription;

@@ -1,0 +1,132 @@
+//! More recorded paths for the replay corpus, each taking what the coverage gate
+//! (`workflows/tests/coverage`) found no history for: a main thread started without its
+//! search attribute, a task approved on GitHub, nudged by a webhook, continued as new and
+//! closed without merging, and a task cancelled while a job runs.
+
+use anyhow::{Context, Result};
+use mainloop_store::TaskStatus;
+use mainloop_testkit::github::{CiScript, Permission};
+use serde_json::json;
+
+use crate::harness::{Stack, USER, WAIT, main_thread};
+use crate::histories::{keep, keep_workflow, settle, wait_closed};
+use crate::tasks::{JobKind, REPO, TASK_WAIT, TaskStack, bash, job_kind, scripted_model};
+
+/// A thread started by hand (as before the API set its search attribute at start) sets it
+/// itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn main_thread_started_bare() -> Result<()> {
+    let stack = Stack::start().await?;
+    stack
+        .temporal
+        .cli(&[
+            "workflow",
+            "start",
+            "--type",
+            "MainThreadWorkflow",
+            "--task-queue",
+            mainloop_workflows::DEFAULT_TASK_QUEUE,
+            "--workflow-id",
+            &main_thread(),
+            "--input",
+            &json!({ "user": USER }).to_string(),
+        ])
+        .await?;
+    stack.post("hello", "k1").await?;
+    stack.wait_for_replies(1, WAIT).await?;
+    settle(&stack, 1).await?;
+    keep(&stack, "started_bare").await
+}
+
+/// The plan approved by a collaborator's comment on the issue (read by polling GitHub), a
+/// webhook nudge while the PR waits for review, and the PR closed unmerged; the history limit
+/// is so low that the task continues as new along the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_on_github_closed_unmerged() -> Result<()> {
+    let ts = TaskStack::start_with(&[
+        ("MAINLOOP_TASK_HISTORY_LIMIT", "40"),
+        // Only the nudge can end the wait for a review in time.
+        ("MAINLOOP_REVIEW_POLL", "10m"),
+        ("MAINLOOP_REVIEW_POLL_MAX", "10m"),
+    ])
+    .await?;
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    ts.github.add_user("maria");
+    ts.github
+        .add_collaborator(REPO, "maria", Permission::Write)?;
+    let id = ts.confirmed_task(json!({})).await?;
+    let task = ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+    let issue = task.issue_number.context("issue")? as u64;
+    // Only comments after the plan's count, and GitHub's times have whole seconds: reply once
+    // the task has read the issue again in a later second than the plan's.
+    let posted = ts
+        .github
+        .comments(REPO, issue)
+        .iter()
+        .map(|c| c.created_at.timestamp())
+        .max()
+        .unwrap_or_default();
+    let reads = |v: &mainloop_testkit::github::GitHubView<'_>| {
+        v.requests()
+            .iter()
+            .filter(|(m, p, _)| m == "GET" && p.contains(&format!("/issues/{issue}/comments")))
+            .count()
+    };
+    let seen = ts.github.view(reads);
+    ts.github
+        .wait_until(TASK_WAIT, |v| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            reads(v) > seen && now > posted
+        })
+        .await?;
+    ts.github
+        .comment_as("maria", REPO, issue, "LGTM, ship it")?;
+    let ready = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    let pr = ready.pr_number.context("PR")? as u64;
+    ts.github.close_pr(REPO, pr)?;
+    let workflow = format!("task/{id}");
+    ts.stack
+        .temporal
+        .cli(&[
+            "workflow", "signal", "-w", &workflow, "--name", "github", "--input", "{}",
+        ])
+        .await?;
+    ts.wait_status(&id, TaskStatus::Closed).await?;
+    wait_closed(&ts.stack, &workflow).await?;
+    keep_workflow(&ts.stack, &workflow, "task", "on_github_closed_unmerged").await
+}
+
+/// A cancel while the implement job runs: the job's activity is cancelled and the job
+/// stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_cancelled_mid_job() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    let marker = format!("history-gate-{}", std::process::id());
+    let command = format!("while [ ! -f /nonexistent/{marker} ]; do sleep 0.1; done");
+    ts.stack.anthropic.set_default(move |request| {
+        if job_kind(request) == Some(JobKind::Implement) {
+            return bash(&command);
+        }
+        scripted_model(request)
+    });
+    let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
+    ts.wait_status(&id, TaskStatus::Implementing).await?;
+    ts.wait_for(|| async {
+        let logs = ts.stack.store.task_logs(USER, &id, 2000).await?;
+        Ok(logs
+            .iter()
+            .any(|line| line.text.contains(&marker))
+            .then_some(()))
+    })
+    .await?;
+    let (status, body) = ts
+        .task_input(&id, "cancel", json!({"reason": "changed my mind"}))
+        .await?;
+    anyhow::ensure!(status == 202, "cancel answered {status}: {body}");
+    ts.wait_status(&id, TaskStatus::Cancelled).await?;
+    let workflow = format!("task/{id}");
+    wait_closed(&ts.stack, &workflow).await?;
+    keep_workflow(&ts.stack, &workflow, "task", "cancelled_mid_job").await
+}
