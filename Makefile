@@ -83,8 +83,8 @@ determinism-gate: ## Check that incompatible workflow changes fail to replay the
 	CARGO=$(CARGO) scripts/determinism-gate
 
 histories: setup ## Re-record the replay corpus in workflows/tests/histories
-	MAINLOOP_RECORD_HISTORIES=1 $(CARGO) test --test stack -- histories::
-	$(CARGO) test -p mainloop-workflows --test replay
+	MAINLOOP_RECORD_HISTORIES=1 $(CARGO) test --test stack -- histories:: histories_paths::
+	$(CARGO) test -p mainloop-workflows --test replay --test coverage
 
 clean: ## Remove build output
 	$(CARGO) clean
