@@ -45,6 +45,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "ctx.continue_as_new(",
         "WorkflowExecutionContinuedAsNewEventAttributes",
     ),
+    (
+        "ctx.upsert_memo(",
+        "WorkflowPropertiesModifiedEventAttributes",
+    ),
 ];
 
 /// Context methods that issue no command (reads, waits, details for the UI).
@@ -58,6 +62,20 @@ pub const NO_COMMAND: &[&str] = &[
     "history_length",
     "run_id",
     "workflow_id",
+    "namespace",
+    "task_queue",
+    "info",
+    "is_replaying",
+    "workflow_time",
+    "random",
+    "random_stream",
+    "uuid4",
+    "memo",
+    "headers",
+    "all_handlers_finished",
+    "cancellation_token",
+    "cancelled",
+    // Patches are checked by id, below.
     "patched",
     "deprecate_patch",
 ];
