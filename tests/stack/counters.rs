@@ -17,7 +17,7 @@ use mainloop_testkit::ports::free_port;
 use serde_json::{Value, json};
 
 use crate::harness::{Stack, WAIT, main_thread};
-use crate::histories::{histories, settle, wait_closed};
+use crate::histories::{histories, settle, wait_closed, wait_for_timer};
 use crate::task_humans::asks_first;
 use crate::tasks::{REPO, TaskStack, approve_plan};
 
@@ -100,6 +100,7 @@ async fn task_events(ts: &TaskStack, body: Value, plan: bool) -> Result<u64> {
     ts.github
         .merge_pr(REPO, ready.pr_number.context("PR")? as u64)
         .await?;
+    wait_for_timer(&ts.stack, &format!("task/{id}")).await?;
     nudge(ts, &id).await?;
     ts.wait_status(&id, TaskStatus::Merged).await?;
     let workflow = format!("task/{id}");

@@ -345,3 +345,29 @@ async fn task_failed_retried_and_cancelled() -> Result<()> {
     wait_closed(&ts.stack, &workflow).await?;
     keep_workflow(&ts.stack, &workflow, "task", "failed_retried_cancelled").await
 }
+
+/// Waits until the latest run of `workflow_id` waits on a timer and nothing else (its last
+/// event is `TimerStarted`): a nudge sent now lands in that wait, not before it.
+pub(crate) async fn wait_for_timer(stack: &Stack, workflow_id: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let runs = histories(stack, workflow_id).await?;
+        if let Some(latest) = runs.last() {
+            let history: Value = serde_json::from_slice(latest)?;
+            let waiting = history["events"]
+                .as_array()
+                .and_then(|events| events.last())
+                .is_some_and(|event| {
+                    event["attributes"]["TimerStartedEventAttributes"].is_object()
+                });
+            if waiting {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{workflow_id} never settled into a timer");
+        }
+        // Waiting on a timer is a state of the workflow, only observable in its history.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -9,7 +9,7 @@ use mainloop_testkit::github::{CiScript, Permission};
 use serde_json::json;
 
 use crate::harness::{Stack, USER, WAIT, main_thread};
-use crate::histories::{keep, keep_workflow, settle, wait_closed};
+use crate::histories::{keep, keep_workflow, settle, wait_closed, wait_for_timer};
 use crate::tasks::{JobKind, REPO, TASK_WAIT, TaskStack, bash, job_kind, scripted_model};
 
 /// A thread started by hand (as before the API set its search attribute at start) sets it
@@ -45,7 +45,7 @@ async fn main_thread_started_bare() -> Result<()> {
 async fn task_on_github_closed_unmerged() -> Result<()> {
     let ts = TaskStack::start_with(&[
         ("MAINLOOP_TASK_HISTORY_LIMIT", "40"),
-        // Only the nudge can end the wait for a review in time.
+        // Only the nudge ends the wait for a review in time.
         ("MAINLOOP_REVIEW_POLL", "10m"),
         ("MAINLOOP_REVIEW_POLL_MAX", "10m"),
     ])
@@ -87,6 +87,7 @@ async fn task_on_github_closed_unmerged() -> Result<()> {
     let pr = ready.pr_number.context("PR")? as u64;
     ts.github.close_pr(REPO, pr)?;
     let workflow = format!("task/{id}");
+    wait_for_timer(&ts.stack, &workflow).await?;
     ts.stack
         .temporal
         .cli(&[
