@@ -81,6 +81,7 @@ on_both!(
     confirming_a_proposal_creates_its_task_once,
     task_records_resolve_and_raise_inbox_items_once,
     task_input_is_checked_against_the_state_and_stored_once,
+    racing_inputs_for_one_wait_are_accepted_once,
     job_logs_and_costs_are_counted_once,
     a_webhook_delivery_nudges_the_tasks_it_names_once,
     notes_name_the_task_they_are_about,
@@ -877,6 +878,80 @@ async fn task_input_is_checked_against_the_state_and_stored_once(store: &Store) 
     assert_eq!(inputs[0].kind, "plan_review");
     assert_eq!(inputs[0].payload, payload);
     assert!(store.task_inputs("bob", &task.id).await?.is_empty());
+    Ok(())
+}
+
+async fn racing_inputs_for_one_wait_are_accepted_once(store: &Store) -> Result<()> {
+    let task = confirmed_task(store, "t9").await?;
+    let waiting = |status| TaskProjection {
+        status: Some(status),
+        ..TaskProjection::default()
+    };
+    store
+        .record_task(
+            "alice",
+            &task.id,
+            &waiting(TaskStatus::WaitingQuestions),
+            None,
+        )
+        .await?;
+    let answers = |i: usize| NewTaskInput {
+        id: format!("answers-{i}"),
+        kind: "answers",
+        payload: serde_json::json!({ "answers": [{ "question_id": "q", "answer": i }] }),
+    };
+    let allowed = [TaskStatus::WaitingQuestions];
+    let results = futures::future::join_all((0..10).map(|i| async move {
+        store
+            .add_task_input("alice", "t9", &answers(i), &allowed)
+            .await
+    }))
+    .await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted, 1, "{results:?}");
+    assert!(
+        results.iter().all(|r| r.is_ok()
+            || matches!(r, Err(StoreError::Conflict(m)) if m.contains("not acted on"))),
+        "{results:?}"
+    );
+    // The winner sent again is a replay, not a conflict.
+    let winner = store.task_inputs("alice", "t9").await?[0].id.clone();
+    let again = NewTaskInput {
+        id: winner,
+        ..answers(0)
+    };
+    store
+        .add_task_input("alice", "t9", &again, &allowed)
+        .await?;
+    // A cancel is taken on top of the pending answers, once.
+    let cancel = |i: usize| NewTaskInput {
+        id: format!("cancel-{i}"),
+        kind: "cancel",
+        payload: serde_json::json!({}),
+    };
+    store
+        .add_task_input("alice", "t9", &cancel(1), &allowed)
+        .await?;
+    let second = store
+        .add_task_input("alice", "t9", &cancel(2), &allowed)
+        .await;
+    assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
+    // Once the task moves on, it takes input for its next wait.
+    store
+        .record_task("alice", &task.id, &waiting(TaskStatus::Planning), None)
+        .await?;
+    store
+        .record_task(
+            "alice",
+            &task.id,
+            &waiting(TaskStatus::WaitingQuestions),
+            None,
+        )
+        .await?;
+    store
+        .add_task_input("alice", "t9", &answers(20), &allowed)
+        .await?;
+    assert_eq!(store.task_inputs("alice", "t9").await?.len(), 3);
     Ok(())
 }
 
