@@ -250,6 +250,23 @@ async fn postgres_restarted_under_load_stores_each_acknowledged_message_once() -
         .filter(|m| m.role == Role::Assistant && m.kind != MessageKind::Chat)
         .count();
     assert_one_reply_each(&thread);
+    // How long each message waited for its reply: a crash must not stall the thread (an
+    // outbox item left leased would hold every later message for the 30 s lease).
+    let waits: Vec<Duration> = thread
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .filter_map(|reply| {
+            let asked = thread
+                .iter()
+                .find(|m| Some(&m.id) == reply.reply_to.as_ref())?;
+            (reply.completed_at? - asked.created_at).to_std().ok()
+        })
+        .collect();
+    let longest = waits.iter().max().copied().unwrap_or_default();
+    assert!(
+        longest < Duration::from_secs(15),
+        "a message waited {longest:?} for its reply"
+    );
     let ready = reqwest::get(stack.url("/readyz")).await?;
     assert_eq!(ready.status(), 200, "{}", ready.text().await?);
 
@@ -266,6 +283,7 @@ async fn postgres_restarted_under_load_stores_each_acknowledged_message_once() -
             "failed_replies": failed_replies,
             "errors_by_status": errors,
             "crash_to_next_ack": spread(&recoveries),
+            "message_to_reply": spread(&waits),
             "last_ack_to_all_replied_ms": ms(replies_after),
             "duration_ms": ms(started.elapsed()),
         }),
