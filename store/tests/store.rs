@@ -79,6 +79,7 @@ on_both!(
     compaction_folds_each_message_once,
     migrations_are_idempotent,
     confirming_a_proposal_creates_its_task_once,
+    racing_decisions_on_a_proposal_take_one,
     task_records_resolve_and_raise_inbox_items_once,
     task_input_is_checked_against_the_state_and_stored_once,
     racing_inputs_for_one_wait_are_accepted_once,
@@ -755,6 +756,66 @@ async fn confirming_a_proposal_creates_its_task_once(store: &Store) -> Result<()
         .collect();
     assert_eq!(signals.len(), 1);
     assert!(signals[0].payload.contains("confirmed"));
+    Ok(())
+}
+
+async fn racing_decisions_on_a_proposal_take_one(store: &Store) -> Result<()> {
+    for round in 0..5 {
+        let id = format!("race-{round}");
+        let m = store
+            .accept_user_message("alice", &format!("k-{id}"), "add dark mode", WF)
+            .await?
+            .message;
+        let reply = store.start_reply("alice", &m.id).await?.message;
+        store
+            .create_proposal(
+                "alice",
+                &NewProposal {
+                    id: id.clone(),
+                    message_id: reply.id.clone(),
+                    title: "Add dark mode".into(),
+                    description: "Follow the system theme".into(),
+                    repo: "acme/web".into(),
+                    model: None,
+                    skip_planning: false,
+                },
+            )
+            .await?;
+        // Confirms and rejects at once: one decision wins, the others are conflicts.
+        let decisions = futures::future::join_all((0..10).map(|i| {
+            let id = id.clone();
+            async move {
+                if i % 2 == 0 {
+                    store
+                        .confirm_proposal("alice", &id, &ConfirmOverrides::default(), WF)
+                        .await
+                        .map(|(p, _)| p.status)
+                } else {
+                    store
+                        .decide_proposal("alice", &id, Decision::Reject, WF)
+                        .await
+                        .map(|p| p.status)
+                }
+            }
+        }))
+        .await;
+        let won: Vec<_> = decisions.iter().filter_map(|d| d.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "{decisions:?}");
+        assert!(
+            decisions
+                .iter()
+                .all(|d| d.is_ok() || matches!(d, Err(StoreError::Conflict(_)))),
+            "{decisions:?}"
+        );
+        let stored = store.get_proposal("alice", &id).await?;
+        assert_eq!(&stored.status, won[0]);
+        let task = store.get_task("alice", &id).await;
+        assert_eq!(
+            task.is_ok(),
+            stored.status == ProposalStatus::Confirmed,
+            "{task:?}"
+        );
+    }
     Ok(())
 }
 
