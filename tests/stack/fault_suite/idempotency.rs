@@ -262,6 +262,31 @@ async fn racing_task_decisions_take_effect_once() -> Result<()> {
     );
     assert_eq!(ts.runs(&id, "plan").await?, 2);
 
+    // Racing revisions of the plan: one is taken and planned again.
+    let reviews = race(
+        &ts,
+        racers,
+        &format!("/api/tasks/{id}/review-plan"),
+        |i| json!({ "action": "revise", "text": format!("change {i}") }),
+    )
+    .await?;
+    assert_one_winner("review-plan", &reviews, racers);
+    ts.wait_for(|| async {
+        Ok((ts.runs(&id, "plan").await? == 3
+            && ts.task(&id).await?.status == TaskStatus::WaitingPlanReview)
+            .then_some(()))
+    })
+    .await?;
+    let revisions = ts
+        .stack
+        .store
+        .task_inputs(USER, &id)
+        .await?
+        .into_iter()
+        .filter(|i| i.kind == "plan_review")
+        .count();
+    assert_eq!(revisions, 1);
+
     let cancels = race(
         &ts,
         racers,
@@ -283,12 +308,14 @@ async fn racing_task_decisions_take_effect_once() -> Result<()> {
 
     figures::record(
         "racing_task_decisions",
-        "N racing confirm / answer / cancel requests: exactly 1 accepted (202) and acted on, the rest 409",
-        3,
+        "N racing confirm / answer / plan revision / cancel requests: exactly 1 accepted (202) and acted on, the rest 409",
+        4,
         json!({
             "racers": racers,
             "confirm_statuses": confirms,
             "answer_statuses": answers,
+            "review_statuses": reviews,
+            "revisions_stored": revisions,
             "cancel_statuses": cancels,
             "tasks_created": tasks.len(),
             "answers_stored": stored_answers.len(),
