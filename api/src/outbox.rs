@@ -102,7 +102,7 @@ async fn deliver_batch(
     for item in items {
         let retry_in = backoff(settings, item.attempts);
         if held.contains(&item.workflow_id) {
-            record(store.outbox_retry(item.id, None, retry_in).await);
+            record(settings, || store.outbox_retry(item.id, None, retry_in)).await;
             continue;
         }
         let delivery =
@@ -114,10 +114,10 @@ async fn deliver_batch(
                     )))
                 });
         match delivery {
-            Ok(()) => record(store.outbox_delivered(item.id).await),
+            Ok(()) => record(settings, || store.outbox_delivered(item.id)).await,
             Err(Undeliverable::Never(error)) => {
                 tracing::error!(id = item.id, %error, "abandoning an outbox item");
-                record(store.outbox_abandon(item.id, &error).await);
+                record(settings, || store.outbox_abandon(item.id, &error)).await;
             }
             Err(Undeliverable::NotYet(error)) => {
                 let message = error.to_string();
@@ -130,17 +130,35 @@ async fn deliver_batch(
                     );
                 }
                 held.insert(item.workflow_id.clone());
-                record(store.outbox_retry(item.id, Some(&message), retry_in).await);
+                record(settings, || {
+                    store.outbox_retry(item.id, Some(&message), retry_in)
+                })
+                .await;
             }
         }
     }
 }
 
-fn record(result: mainloop_store::Result<()>) {
-    // The lease covers a lost bookkeeping write: the item is claimed again later and the
-    // workflow de-duplicates it.
-    if let Err(error) = result {
-        tracing::warn!(%error, "cannot update the outbox");
+/// Writes down what became of an item, retrying while the store is unreachable (a database
+/// restart): an item left leased holds back every later item of its workflow until the lease
+/// runs out, which would stall the user's thread for the whole lease. Past the lease the item
+/// is claimed again anyway, and the workflow de-duplicates it.
+async fn record<F, Fut>(settings: &RelaySettings, write: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = mainloop_store::Result<()>>,
+{
+    let deadline = tokio::time::Instant::now() + settings.lease;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Err(error) = write().await else { return };
+        if tokio::time::Instant::now() + backoff > deadline {
+            tracing::warn!(%error, "cannot update the outbox; the item's lease will expire");
+            return;
+        }
+        tracing::warn!(%error, "cannot update the outbox; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 

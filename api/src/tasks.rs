@@ -211,7 +211,7 @@ pub struct AnswerBody {
     params(("id" = String, Path, description = "Task id")), request_body = AnswerBody,
     responses(
         (status = 202, body = Task, description = "Accepted; planning resumes"),
-        (status = 409, body = ErrorBody, description = "conflict: the task is not waiting for answers"),
+        (status = 409, body = ErrorBody, description = "conflict: the task is not waiting for answers, or already has answers it has not acted on"),
         (status = 422, body = ErrorBody, description = "invalid_answers"),
     )
 )]
@@ -271,7 +271,7 @@ pub struct ReviewBody {
     params(("id" = String, Path, description = "Task id")), request_body = ReviewBody,
     responses(
         (status = 202, body = Task, description = "Accepted"),
-        (status = 409, body = ErrorBody, description = "conflict: no plan is waiting for review"),
+        (status = 409, body = ErrorBody, description = "conflict: no plan is waiting for review, or a review was already given"),
         (status = 422, body = ErrorBody, description = "invalid_body"),
     )
 )]
@@ -313,7 +313,7 @@ pub async fn review_plan(
     params(("id" = String, Path, description = "Task id")),
     responses(
         (status = 202, body = Task, description = "Accepted; the failed phase runs again"),
-        (status = 409, body = ErrorBody, description = "conflict: the task has not failed"),
+        (status = 409, body = ErrorBody, description = "conflict: the task has not failed, or a retry was already asked for"),
     )
 )]
 pub async fn retry(
@@ -341,7 +341,7 @@ pub struct CancelBody {
     params(("id" = String, Path, description = "Task id")),
     responses(
         (status = 202, body = Task, description = "Accepted; running jobs are stopped"),
-        (status = 409, body = ErrorBody, description = "conflict: the task is over"),
+        (status = 409, body = ErrorBody, description = "conflict: the task is over, or already being cancelled"),
     )
 )]
 pub async fn cancel(

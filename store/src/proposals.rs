@@ -53,11 +53,14 @@ pub(crate) const PROPOSAL_COLUMNS: &str = "id, message_id, title, description, r
 /// Loads a proposal inside the open write transaction `$tx` for deciding on it: not found,
 /// or a conflict (after rolling back) if it was decided already.
 macro_rules! pending_proposal {
-    ($tx:expr, $user:expr, $id:expr) => {{
+    ($tx:expr, $pg:expr, $user:expr, $id:expr) => {{
+        // Locked on PostgreSQL so racing decisions queue and the later ones see the first
+        // (SQLite's write transaction already serialises them).
         let row: Option<$crate::proposals::ProposalRow> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {} FROM proposals WHERE id = $1 AND user_id = $2",
-                $crate::proposals::PROPOSAL_COLUMNS
+                "SELECT {} FROM proposals WHERE id = $1 AND user_id = $2{}",
+                $crate::proposals::PROPOSAL_COLUMNS,
+                if $pg { " FOR UPDATE" } else { "" }
             )))
             .bind($id)
             .bind($user)
@@ -172,7 +175,7 @@ impl Store {
         let proposal = db!(self, |pool, pg| {
             let mut tx = begin_write!(pool, pg)?;
             let at = now();
-            let current = pending_proposal!(tx, user, id);
+            let current = pending_proposal!(tx, pg, user, id);
             sqlx::query(
                 "UPDATE proposals SET status = $1, decided_at = $2 WHERE id = $3 AND user_id = $4",
             )

@@ -448,7 +448,7 @@ impl Store {
         let result = db!(self, |pool, pg| {
             let mut tx = begin_write!(pool, pg)?;
             let at = now();
-            let current = pending_proposal!(tx, user, id);
+            let current = pending_proposal!(tx, pg, user, id);
             let proposal = Proposal {
                 repo: overrides.repo.clone().unwrap_or(current.repo.clone()),
                 model: overrides.model.clone().or(current.model.clone()),
@@ -603,7 +603,8 @@ impl Store {
             sqlx::query(
                 "UPDATE tasks SET status = $1, detail = $2, error = $3, failed_phase = $4, \
                  issue_number = $5, issue_url = $6, branch = $7, pr_number = $8, pr_url = $9, \
-                 questions = $10, ci_fixes = $11, updated_at = $12, completed_at = $13 \
+                 questions = $10, ci_fixes = $11, updated_at = $12, completed_at = $13, \
+                 pending_input = CASE WHEN $16 THEN NULL ELSE pending_input END \
                  WHERE id = $14 AND user_id = $15",
             )
             .bind(status.as_str())
@@ -621,6 +622,8 @@ impl Store {
             .bind(completed_at)
             .bind(id)
             .bind(user)
+            // A new status means the task acted on (or moved past) the input it was given.
+            .bind(status != before.status)
             .execute(&mut *tx)
             .await?;
             let task = select_task!(&mut *tx, user, id);
@@ -717,7 +720,10 @@ impl Store {
 
     /// Accepts human input for a task if the task is in one of `allowed` states: stores it,
     /// queues its signal to `task/{id}` and announces it. The same input id twice is accepted
-    /// once. A task in another state is a conflict that names the state.
+    /// once. A task in another state is a conflict that names the state, and so is a second
+    /// input for the same wait (two answers to one set of questions): the task acts on one
+    /// input per status, so a later one would be accepted only to be dropped as stale. A
+    /// cancel is taken on top of any other pending input, once.
     pub async fn add_task_input(
         &self,
         user: &str,
@@ -728,6 +734,18 @@ impl Store {
         let task = db!(self, |pool, pg| {
             let mut tx = begin_write!(pool, pg)?;
             let at = now();
+            // Racing inputs for one task queue here until the first commits, and then see
+            // what it left pending (SQLite's write transaction already serialises them).
+            let pending: Option<Option<String>> = sqlx::query_scalar(if pg {
+                "SELECT pending_input FROM tasks WHERE id = $1 AND user_id = $2 FOR UPDATE"
+            } else {
+                "SELECT pending_input FROM tasks WHERE id = $1 AND user_id = $2"
+            })
+            .bind(task_id)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let pending = pending.ok_or(StoreError::NotFound)?;
             let task = select_task!(&mut *tx, user, task_id);
             if !allowed.contains(&task.status) {
                 tx.rollback().await?;
@@ -736,6 +754,35 @@ impl Store {
                     task.status.as_str().replace('_', " ")
                 )));
             }
+            let known: Option<String> =
+                sqlx::query_scalar("SELECT id FROM task_inputs WHERE id = $1")
+                    .bind(&input.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if known.is_some() {
+                tx.rollback().await?;
+                return Ok(task);
+            }
+            match pending.as_deref() {
+                Some("cancel") => {
+                    tx.rollback().await?;
+                    return Err(StoreError::Conflict("the task is being cancelled".into()));
+                }
+                Some(kind) if input.kind != "cancel" => {
+                    let what = kind.replace('_', " ");
+                    tx.rollback().await?;
+                    return Err(StoreError::Conflict(format!(
+                        "the task has {what} input it has not acted on yet"
+                    )));
+                }
+                _ => {}
+            }
+            sqlx::query("UPDATE tasks SET pending_input = $1 WHERE id = $2 AND user_id = $3")
+                .bind(input.kind)
+                .bind(task_id)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
             let mut payload = input.payload.clone();
             if let Some(object) = payload.as_object_mut() {
                 object.insert("id".into(), json!(input.id));

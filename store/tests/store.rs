@@ -79,8 +79,10 @@ on_both!(
     compaction_folds_each_message_once,
     migrations_are_idempotent,
     confirming_a_proposal_creates_its_task_once,
+    racing_decisions_on_a_proposal_take_one,
     task_records_resolve_and_raise_inbox_items_once,
     task_input_is_checked_against_the_state_and_stored_once,
+    racing_inputs_for_one_wait_are_accepted_once,
     job_logs_and_costs_are_counted_once,
     a_webhook_delivery_nudges_the_tasks_it_names_once,
     notes_name_the_task_they_are_about,
@@ -757,6 +759,66 @@ async fn confirming_a_proposal_creates_its_task_once(store: &Store) -> Result<()
     Ok(())
 }
 
+async fn racing_decisions_on_a_proposal_take_one(store: &Store) -> Result<()> {
+    for round in 0..5 {
+        let id = format!("race-{round}");
+        let m = store
+            .accept_user_message("alice", &format!("k-{id}"), "add dark mode", WF)
+            .await?
+            .message;
+        let reply = store.start_reply("alice", &m.id).await?.message;
+        store
+            .create_proposal(
+                "alice",
+                &NewProposal {
+                    id: id.clone(),
+                    message_id: reply.id.clone(),
+                    title: "Add dark mode".into(),
+                    description: "Follow the system theme".into(),
+                    repo: "acme/web".into(),
+                    model: None,
+                    skip_planning: false,
+                },
+            )
+            .await?;
+        // Confirms and rejects at once: one decision wins, the others are conflicts.
+        let decisions = futures::future::join_all((0..10).map(|i| {
+            let id = id.clone();
+            async move {
+                if i % 2 == 0 {
+                    store
+                        .confirm_proposal("alice", &id, &ConfirmOverrides::default(), WF)
+                        .await
+                        .map(|(p, _)| p.status)
+                } else {
+                    store
+                        .decide_proposal("alice", &id, Decision::Reject, WF)
+                        .await
+                        .map(|p| p.status)
+                }
+            }
+        }))
+        .await;
+        let won: Vec<_> = decisions.iter().filter_map(|d| d.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "{decisions:?}");
+        assert!(
+            decisions
+                .iter()
+                .all(|d| d.is_ok() || matches!(d, Err(StoreError::Conflict(_)))),
+            "{decisions:?}"
+        );
+        let stored = store.get_proposal("alice", &id).await?;
+        assert_eq!(&stored.status, won[0]);
+        let task = store.get_task("alice", &id).await;
+        assert_eq!(
+            task.is_ok(),
+            stored.status == ProposalStatus::Confirmed,
+            "{task:?}"
+        );
+    }
+    Ok(())
+}
+
 async fn task_records_resolve_and_raise_inbox_items_once(store: &Store) -> Result<()> {
     let task = confirmed_task(store, "t1").await?;
     let review = NewInboxItem {
@@ -877,6 +939,80 @@ async fn task_input_is_checked_against_the_state_and_stored_once(store: &Store) 
     assert_eq!(inputs[0].kind, "plan_review");
     assert_eq!(inputs[0].payload, payload);
     assert!(store.task_inputs("bob", &task.id).await?.is_empty());
+    Ok(())
+}
+
+async fn racing_inputs_for_one_wait_are_accepted_once(store: &Store) -> Result<()> {
+    let task = confirmed_task(store, "t9").await?;
+    let waiting = |status| TaskProjection {
+        status: Some(status),
+        ..TaskProjection::default()
+    };
+    store
+        .record_task(
+            "alice",
+            &task.id,
+            &waiting(TaskStatus::WaitingQuestions),
+            None,
+        )
+        .await?;
+    let answers = |i: usize| NewTaskInput {
+        id: format!("answers-{i}"),
+        kind: "answers",
+        payload: serde_json::json!({ "answers": [{ "question_id": "q", "answer": i }] }),
+    };
+    let allowed = [TaskStatus::WaitingQuestions];
+    let results = futures::future::join_all((0..10).map(|i| async move {
+        store
+            .add_task_input("alice", "t9", &answers(i), &allowed)
+            .await
+    }))
+    .await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted, 1, "{results:?}");
+    assert!(
+        results.iter().all(|r| r.is_ok()
+            || matches!(r, Err(StoreError::Conflict(m)) if m.contains("not acted on"))),
+        "{results:?}"
+    );
+    // The winner sent again is a replay, not a conflict.
+    let winner = store.task_inputs("alice", "t9").await?[0].id.clone();
+    let again = NewTaskInput {
+        id: winner,
+        ..answers(0)
+    };
+    store
+        .add_task_input("alice", "t9", &again, &allowed)
+        .await?;
+    // A cancel is taken on top of the pending answers, once.
+    let cancel = |i: usize| NewTaskInput {
+        id: format!("cancel-{i}"),
+        kind: "cancel",
+        payload: serde_json::json!({}),
+    };
+    store
+        .add_task_input("alice", "t9", &cancel(1), &allowed)
+        .await?;
+    let second = store
+        .add_task_input("alice", "t9", &cancel(2), &allowed)
+        .await;
+    assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
+    // Once the task moves on, it takes input for its next wait.
+    store
+        .record_task("alice", &task.id, &waiting(TaskStatus::Planning), None)
+        .await?;
+    store
+        .record_task(
+            "alice",
+            &task.id,
+            &waiting(TaskStatus::WaitingQuestions),
+            None,
+        )
+        .await?;
+    store
+        .add_task_input("alice", "t9", &answers(20), &allowed)
+        .await?;
+    assert_eq!(store.task_inputs("alice", "t9").await?.len(), 3);
     Ok(())
 }
 

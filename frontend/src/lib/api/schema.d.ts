@@ -1320,7 +1320,7 @@ export interface operations {
                     "application/json": components["schemas"]["Task"];
                 };
             };
-            /** @description conflict: the task is not waiting for answers */
+            /** @description conflict: the task is not waiting for answers, or already has answers it has not acted on */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1361,7 +1361,7 @@ export interface operations {
                     "application/json": components["schemas"]["Task"];
                 };
             };
-            /** @description conflict: the task is over */
+            /** @description conflict: the task is over, or already being cancelled */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1427,7 +1427,7 @@ export interface operations {
                     "application/json": components["schemas"]["Task"];
                 };
             };
-            /** @description conflict: the task has not failed */
+            /** @description conflict: the task has not failed, or a retry was already asked for */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -1463,7 +1463,7 @@ export interface operations {
                     "application/json": components["schemas"]["Task"];
                 };
             };
-            /** @description conflict: no plan is waiting for review */
+            /** @description conflict: no plan is waiting for review, or a review was already given */
             409: {
                 headers: {
                     [name: string]: unknown;
