@@ -31,6 +31,11 @@ pub fn stub_claude(dir: &Path) -> Result<PathBuf> {
     let go = dir.join("go");
     let result = r#"{"type":"result","subtype":"success","is_error":false,"result":"done","num_turns":1,"usage":{"input_tokens":100,"output_tokens":20},"total_cost_usd":0.001}"#;
     let plan = r#"{"type":"assistant","parent_tool_use_id":null,"message":{"content":[{"type":"tool_use","id":"toolu_plan","name":"ExitPlanMode","input":{"plan":"1. Add greet() in src/greet.rs\n2. Test it"}}]}}"#;
+    // A plan made after answers quotes the first answer, so a test can see which one arrived.
+    let (answered_head, answered_tail) = (
+        r#"{"type":"assistant","parent_tool_use_id":null,"message":{"content":[{"type":"tool_use","id":"toolu_plan","name":"ExitPlanMode","input":{"plan":"1. greet() returns: "#,
+        r#"\n2. Test it"}}]}}"#,
+    );
     let ask = r#"{"type":"assistant","parent_tool_use_id":null,"message":{"content":[{"type":"tool_use","id":"toolu_ask","name":"AskUserQuestion","input":{"questions":[{"question":"Which greeting should greet() return?","header":"Greeting","options":[{"label":"Hello"},{"label":"Hi"}],"multiSelect":false}]}}]}}"#;
     let script = format!(
         r#"#!/bin/sh
@@ -42,11 +47,13 @@ case "$prompt" in
     mkdir -p src && printf 'pub fn greet() {{}}\n' >> src/greet.rs ;;
   *"Failed CI checks"*|*"Review feedback to address"*)
     mkdir -p src && printf '// fixed\n' >> src/greet.rs ;;
-  *"Answers to your earlier questions"*) echo '{plan}' ;;
-  *"{ASK}"*) echo '{ask}' ;;
-  *) echo '{plan}' ;;
+  *"Answers to your earlier questions"*)
+    answer=$(printf '%s' "$prompt" | sed -n 's/.*\\n *A: \([^\\"]*\).*/\1/p')
+    printf '%s%s%s\n' '{answered_head}' "$answer" '{answered_tail}' ;;
+  *"{ASK}"*) printf '%s\n' '{ask}' ;;
+  *) printf '%s\n' '{plan}' ;;
 esac
-echo '{result}'
+printf '%s\n' '{result}'
 "#,
         go = go.display()
     );
