@@ -14,9 +14,46 @@ use super::temporal_kill::{ASK, confirmed_tasks, stub_stack, wait_all};
 use crate::harness::USER;
 use crate::tasks::{REPO, TaskStack};
 
-/// Confirms one more proposal while the backlog drains; returns confirm → the task's
-/// workflow running (`planning`), and confirm → its first job recorded.
-async fn fresh_task_starts(ts: &TaskStack, reply: &str) -> Result<(Duration, Duration, String)> {
+/// How long the new task and the chat reply may take while the backlog drains.
+const LONG: Duration = Duration::from_secs(30 * 60);
+
+/// Re-checks `check` after store events until it holds, for up to `limit`: a starved task or
+/// chat turn may wait for the whole backlog, and the figures should say how long.
+async fn until<F, Fut>(ts: &TaskStack, limit: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let mut wake = ts.stack.store.subscribe_events();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await? {
+        if tokio::time::timeout_at(deadline, wake.recv())
+            .await
+            .is_err()
+        {
+            bail!("timed out after {limit:?}");
+        }
+    }
+    Ok(())
+}
+
+/// How many of `ids` have processed their answer (their new plan waits for review).
+async fn drained(ts: &TaskStack, ids: &[String]) -> Result<usize> {
+    let tasks = ts.stack.store.list_tasks(USER, None, 100_000).await?;
+    Ok(tasks
+        .iter()
+        .filter(|t| ids.contains(&t.id) && t.status == TaskStatus::WaitingPlanReview)
+        .count())
+}
+
+/// Confirms one more proposal while the backlog drains; returns confirm → the task planning
+/// (its workflow ran, its repository was checked and its issue opened: only its plan job is
+/// left to wait for a job slot), how much of the backlog had drained by then, and its id.
+async fn fresh_task_starts(
+    ts: &TaskStack,
+    reply: &str,
+    backlog: &[String],
+) -> Result<(Duration, usize, String)> {
     ts.stack
         .store
         .create_proposal(
@@ -47,14 +84,27 @@ async fn fresh_task_starts(ts: &TaskStack, reply: &str) -> Result<(Duration, Dur
         .as_str()
         .context("no task id")?
         .to_string();
-    ts.wait_for(|| async { Ok((ts.task(&id).await?.status != TaskStatus::Pending).then_some(())) })
-        .await?;
-    let running = confirmed.elapsed();
-    ts.wait_for(|| async {
-        Ok((!ts.stack.store.task_runs(USER, &id).await?.is_empty()).then_some(()))
+    until(ts, LONG, || async {
+        Ok(ts.task(&id).await?.status != TaskStatus::Pending)
     })
     .await?;
-    Ok((running, confirmed.elapsed(), id))
+    let took = confirmed.elapsed();
+    Ok((took, drained(ts, backlog).await?, id))
+}
+
+/// Posts a chat message while the backlog drains; returns post → reply stored, and how much
+/// of the backlog had drained by then.
+async fn chat_answers(ts: &TaskStack, backlog: &[String]) -> Result<(Duration, usize)> {
+    let posted_at = Instant::now();
+    let posted = ts.stack.post("still there?", "during-drain").await?;
+    let id = posted["id"].as_str().context("no message id")?.to_string();
+    until(ts, LONG, || async {
+        let thread = ts.stack.thread().await?;
+        Ok(!crate::harness::replies_to(&thread, &id).is_empty())
+    })
+    .await?;
+    let took = posted_at.elapsed();
+    Ok((took, drained(ts, backlog).await?))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,7 +147,12 @@ async fn a_thousand_parked_tasks_answered_while_the_worker_is_down_each_process_
         .find(|m| !m.proposals.is_empty())
         .map(|m| m.id.clone())
         .context("no proposal message")?;
-    let (fresh_running, fresh_job, fresh_id) = fresh_task_starts(&ts, &reply).await?;
+    let (fresh, chat) = tokio::join!(
+        fresh_task_starts(&ts, &reply, &ids),
+        chat_answers(&ts, &ids)
+    );
+    let ((fresh_planning, drained_at_fresh, fresh_id), (chat_reply, drained_at_chat)) =
+        (fresh?, chat?);
     wait_all(&ts, &ids, |_| TaskStatus::WaitingPlanReview).await?;
     let drained = restarted.elapsed();
 
@@ -122,6 +177,8 @@ async fn a_thousand_parked_tasks_answered_while_the_worker_is_down_each_process_
             ));
         }
     }
+    ts.wait_status(&fresh_id, TaskStatus::WaitingPlanReview)
+        .await?;
     let fresh_runs = ts.stack.store.task_runs(USER, &fresh_id).await?.len();
     figures::record(
         "parked",
@@ -135,9 +192,11 @@ async fn a_thousand_parked_tasks_answered_while_the_worker_is_down_each_process_
             "park_all_s": parked_after.as_secs(),
             "answers_posted_while_down_ms": answered_in.as_millis(),
             "restart_to_drained_ms": drained.as_millis(),
-            "new_task_confirm_to_running_ms": fresh_running.as_millis(),
-            "new_task_confirm_to_first_job_ms": fresh_job.as_millis(),
+            "new_task_confirm_to_planning_ms": fresh_planning.as_millis(),
+            "backlog_drained_when_new_task_planning": drained_at_fresh,
             "new_task_jobs": fresh_runs,
+            "chat_reply_during_drain_ms": chat_reply.as_millis(),
+            "backlog_drained_when_chat_replied": drained_at_chat,
             "wall_s": started.elapsed().as_secs(),
         }),
     )?;
