@@ -73,6 +73,8 @@ pub async fn stub_stack(stub_dir: &Path, max_jobs: usize) -> Result<TaskStack> {
     let ts = TaskStack::start_with(&[
         ("MAINLOOP_CLAUDE_BIN", claude.as_str()),
         ("MAINLOOP_MAX_JOBS", max_jobs.as_str()),
+        // Held jobs wait for the whole stack of tasks to park, minutes on a loaded machine.
+        ("MAINLOOP_JOB_TIMEOUT", "30m"),
         // The many tasks poll GitHub for humans; keep those polls from crowding the jobs out.
         ("MAINLOOP_HUMAN_POLL", "2s"),
         ("MAINLOOP_HUMAN_POLL_MAX", "5s"),
