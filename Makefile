@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export PATH := $(PATH):$(shell go env GOPATH 2>/dev/null || echo $(HOME)/go)/bin:$(HOME)/go/bin
 CARGO ?= cargo
 
-.PHONY: help setup dev web web-types web-check deploy-check e2e test lint fmt bench histories determinism-gate clean
+.PHONY: help setup dev web web-types web-check deploy-check e2e test test-faults lint fmt bench histories determinism-gate clean
 
 NPM ?= npm
 FRONTEND := frontend
@@ -64,6 +64,17 @@ test: setup ## Run every test (real Temporal, SQLite and PostgreSQL, the web app
 	$(CARGO) test --workspace
 	$(MAKE) determinism-gate
 	$(MAKE) e2e
+
+# Where the fault suite leaves its figures (one JSON per test) and its Markdown report. Its
+# tests run one at a time: each starts its own Temporal, PostgreSQL and mainloop, and the
+# figures include timings.
+FAULT_FIGURES ?= $(CURDIR)/target/fault-figures
+
+test-faults: setup ## The fault suite (docs/reliability.md): repeated crashes and outages, counted, as a figures table
+	$(CARGO) build -p mainloop-agent
+	rm -rf $(FAULT_FIGURES)
+	time MAINLOOP_FIGURES_DIR=$(FAULT_FIGURES) $(CARGO) test -p mainloop --test stack fault_suite -- --ignored --test-threads=1
+	scripts/fault-report $(FAULT_FIGURES)
 
 lint: $(NODE_MODULES) ## Formatting, clippy and the web app's checks, as CI checks them
 	$(CARGO) fmt --all -- --check

@@ -215,7 +215,7 @@ pub struct ApiArgs {
 
 #[derive(Debug, Args)]
 pub struct QueueArgs {
-    /// Task queue of mainloop's workflows and activities.
+    /// Task queue of mainloop's workflows and activities; the jobs have their own, `<queue>-jobs`.
     #[arg(long, env = "MAINLOOP_TASK_QUEUE", default_value = mainloop_workflows::DEFAULT_TASK_QUEUE)]
     pub task_queue: String,
 }
@@ -317,7 +317,8 @@ pub struct TaskArgs {
     /// Where jobs run.
     #[arg(long, env = "MAINLOOP_JOB_RUNNER", value_enum, default_value = "local")]
     pub job_runner: RunnerArg,
-    /// Most jobs running at once in this worker (tasks waiting for a person hold none).
+    /// Most jobs running at once in this worker (tasks waiting for a person hold none; jobs
+    /// waiting for a turn wait in the job queue).
     #[arg(long, env = "MAINLOOP_MAX_JOBS", default_value_t = 3)]
     pub max_jobs: usize,
     /// The `mainloop-agent` binary of local jobs (default: next to this binary, else PATH).

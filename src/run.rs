@@ -343,6 +343,7 @@ pub async fn run_worker(
         client,
         WorkerSettings {
             task_queue: queue.task_queue.clone(),
+            max_jobs: parts.tasks.max_jobs,
             graceful_shutdown: worker_args.shutdown_grace,
             sticky_timeout: worker_args.sticky_timeout,
             meter: Some(parts.telemetry.worker_meter()),

@@ -22,6 +22,14 @@ pub use task::{TaskInput, WorkerTaskWorkflow};
 /// Task queue of mainloop's workflows and activities unless configured otherwise.
 pub const DEFAULT_TASK_QUEUE: &str = "mainloop";
 
+/// The task queue of the jobs (`jobs.run`) of the workflows on `task_queue`. Its own worker
+/// polls it only while it has a job slot free (`MAINLOOP_MAX_JOBS`), so jobs waiting their turn
+/// wait in Temporal, not in the worker's activity slots that chat turns and the other task
+/// activities need at once.
+pub fn job_task_queue(task_queue: &str) -> String {
+    format!("{task_queue}-jobs")
+}
+
 /// Search attributes (registered on the namespace; see `temporal/`).
 pub const SEARCH_ATTRIBUTE_USER: SearchAttributeKey<String> =
     SearchAttributeKey::keyword("MainloopUser");

@@ -589,6 +589,9 @@ fn github_options(config: &TaskConfig) -> ActivityOptions {
     })
 }
 
+/// Marks histories whose jobs run on the job queue; older ones keep theirs on the task queue.
+const JOB_QUEUE_PATCH: &str = "jobs-on-their-own-queue";
+
 /// A job may run `job_timeout_ms`; the activity gets a tenth more, so the runner's own
 /// timeout (which kills the job) fires first.
 fn job_options(config: &TaskConfig) -> ActivityOptions {
@@ -726,9 +729,16 @@ async fn job(
             }
         });
         let name = input.name.clone();
+        let mut options = job_options(config);
+        // Jobs waiting for a free job slot used to hold the worker's activity slots while they
+        // waited, so a backlog of jobs starved chat turns and new tasks of their activities.
+        // On their own queue they wait in Temporal instead (see `job_task_queue`).
+        if ctx.patched(JOB_QUEUE_PATCH) {
+            options.task_queue = Some(crate::job_task_queue(ctx.task_queue()));
+        }
         let result = unless_cancelled(
             ctx,
-            ctx.execute_activity(TaskActivities::run_job, input, job_options(config)),
+            ctx.execute_activity(TaskActivities::run_job, input, options),
         )
         .await;
         match result {

@@ -1,6 +1,7 @@
-//! A Temporal worker for mainloop's task queue: its workflows and activities, registration of
-//! the search attributes they use, and a run loop that outlives Temporal outages and drains
-//! gracefully on shutdown.
+//! The Temporal workers of a `mainloop worker` process: one for mainloop's task queue (its
+//! workflows and activities) and one for its job queue (the jobs, `MAINLOOP_MAX_JOBS` at a
+//! time); registration of the search attributes they use; and run loops that outlive Temporal
+//! outages and drain gracefully on shutdown.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,14 +20,17 @@ use temporalio_common::protos::temporal::api::operatorservice::v1::{
 use temporalio_common::telemetry::TelemetryOptions;
 use temporalio_common::telemetry::metrics::CoreMeter;
 use temporalio_sdk::runtime::RuntimeOptions;
+use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::{MainThreadWorkflow, SEARCH_ATTRIBUTES, WorkerTaskWorkflow};
+use crate::{MainThreadWorkflow, SEARCH_ATTRIBUTES, WorkerTaskWorkflow, job_task_queue};
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub task_queue: String,
+    /// How many jobs this process runs at once: the job worker's activity slots.
+    pub max_jobs: usize,
     /// How long running activities may take to finish once shutdown begins.
     pub graceful_shutdown: Duration,
     /// How long a cached workflow's task waits for this worker before any worker may take it.
@@ -66,40 +70,83 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("creating the Temporal runtime: {e}"))?;
     let chat = Arc::new(implementations.chat);
     let tasks = Arc::new(implementations.tasks);
+    let main = keep_running(
+        "worker",
+        &runtime,
+        &client,
+        &shutdown,
+        Some(&settings.polling),
+        || {
+            Ok(WorkerOptions::new(settings.task_queue.clone())
+                .register_workflow::<MainThreadWorkflow>()?
+                .register_workflow::<WorkerTaskWorkflow>()?
+                .register_activities(Shared(chat.clone()))
+                .register_activities(Shared(tasks.clone()))
+                .graceful_shutdown_period(settings.graceful_shutdown)
+                .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
+                .build())
+        },
+    );
+    // Activities only: as many slots as jobs may run, so a job is taken from the queue only
+    // when it can start.
+    let jobs = keep_running("job worker", &runtime, &client, &shutdown, None, || {
+        let tuner = TunerHolder::builder()
+            .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(2))
+            .activity_task_slot_supplier(FixedSizeSlotSupplier::new(settings.max_jobs.max(1)))
+            .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(1))
+            .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(1))
+            .build();
+        Ok(WorkerOptions::new(job_task_queue(&settings.task_queue))
+            .register_activities(Shared(tasks.clone()))
+            .tuner(tuner)
+            .graceful_shutdown_period(settings.graceful_shutdown)
+            .build())
+    });
+    // Either failing for good ends both: the process exits and is restarted whole.
+    tokio::try_join!(main, jobs).map(|_| ())
+}
+
+/// Runs the SDK worker that `options` describes until `shutdown` is cancelled, rebuilding it
+/// after a pause whenever it stops on its own. `polling`, if given, tells whether it polls.
+async fn keep_running(
+    name: &str,
+    runtime: &Runtime,
+    client: &Client,
+    shutdown: &CancellationToken,
+    polling: Option<&AtomicBool>,
+    options: impl Fn() -> Result<WorkerOptions>,
+) -> Result<()> {
+    let set_polling = |value: bool| {
+        if let Some(polling) = polling {
+            polling.store(value, Ordering::Relaxed);
+        }
+    };
     let mut backoff = Duration::from_millis(500);
     loop {
-        let options = WorkerOptions::new(settings.task_queue.clone())
-            .register_workflow::<MainThreadWorkflow>()?
-            .register_workflow::<WorkerTaskWorkflow>()?
-            .register_activities(Shared(chat.clone()))
-            .register_activities(Shared(tasks.clone()))
-            .graceful_shutdown_period(settings.graceful_shutdown)
-            .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
-            .build();
-        let mut worker = Worker::new(&runtime, client.clone(), options)
-            .map_err(|e| anyhow::anyhow!("creating the worker: {e}"))?;
+        let mut worker = Worker::new(runtime, client.clone(), options()?)
+            .map_err(|e| anyhow::anyhow!("creating the {name}: {e}"))?;
         let stop = worker.shutdown_handle();
-        settings.polling.store(true, Ordering::Relaxed);
+        set_polling(true);
         let result = {
             let run = worker.run();
             tokio::pin!(run);
             tokio::select! {
                 result = &mut run => result,
                 () = shutdown.cancelled() => {
-                    tracing::info!("worker draining");
-                    settings.polling.store(false, Ordering::Relaxed);
+                    tracing::info!("{name} draining");
+                    set_polling(false);
                     stop();
                     run.await
                 }
             }
         };
-        settings.polling.store(false, Ordering::Relaxed);
+        set_polling(false);
         if shutdown.is_cancelled() {
-            return result.map_err(|e| anyhow::anyhow!("worker: {e}"));
+            return result.map_err(|e| anyhow::anyhow!("{name}: {e}"));
         }
         match result {
-            Ok(()) => tracing::warn!("worker stopped on its own; restarting it"),
-            Err(error) => tracing::error!(%error, "worker failed; restarting it"),
+            Ok(()) => tracing::warn!("{name} stopped on its own; restarting it"),
+            Err(error) => tracing::error!(%error, "{name} failed; restarting it"),
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}

@@ -26,3 +26,21 @@ pub fn record(test: &str, claim: &str, trials: u64, figures: Value) -> Result<()
     eprintln!("figures {test}: {body}");
     Ok(())
 }
+
+/// A trial count from the environment (`var`), else `default`: the suite's defaults meet the
+/// issue's numbers, and a quick local run can ask for fewer.
+pub fn count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// `{ "n", "p50_ms", "max_ms" }` of durations.
+pub fn millis(samples: &[std::time::Duration]) -> Value {
+    let mut ms: Vec<u128> = samples.iter().map(|d| d.as_millis()).collect();
+    ms.sort_unstable();
+    let p50 = ms.get(ms.len().saturating_sub(1) / 2).copied().unwrap_or(0);
+    let max = ms.last().copied().unwrap_or(0);
+    json!({ "n": ms.len(), "p50_ms": p50, "max_ms": max })
+}
