@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 mod proposals;
+mod server;
 mod session;
 mod tasks;
 pub mod temporal;
@@ -31,7 +32,6 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{BoxError, Extension, Router, middleware};
 use mainloop_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +54,10 @@ pub struct ApiSettings {
     pub body_limit: usize,
     /// Longest a (non-streaming) request may take.
     pub request_timeout: Duration,
+    /// Longest a client may take to send a request's headers (or, idle, to start the next).
+    pub header_timeout: Duration,
+    /// Longest a request's body may take to arrive.
+    pub body_timeout: Duration,
     pub relay: RelaySettings,
     /// The GitHub webhook secret; none: `POST /api/github/webhook` answers 404.
     pub webhook_secret: Option<Arc<str>>,
@@ -125,6 +129,13 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .merge(public)
         .fallback(move |request: Request| async move { web::serve(&web, request).await })
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            server::BodyRules {
+                limit: settings.body_limit,
+                timeout: settings.body_timeout,
+            },
+            server::read_body,
+        ))
         .layer(middleware::from_fn(auth::same_origin))
         .layer(DefaultBodyLimit::max(settings.body_limit))
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -160,16 +171,13 @@ pub async fn serve(
     settings: &ApiSettings,
 ) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
-    // Streamed replies are many small writes; Nagle's algorithm would hold each one back
-    // until the previous is acknowledged (up to 40 ms with delayed ACKs).
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(state, settings))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    server::run(
+        listener,
+        router(state, settings),
+        settings.header_timeout,
+        shutdown,
+    )
+    .await
 }
 
 /// Starts the outbox relay beside the server.

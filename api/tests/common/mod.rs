@@ -53,6 +53,8 @@ pub async fn serve(
         },
         body_limit: 256 * 1024,
         request_timeout: Duration::from_secs(30),
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(20),
         relay: RelaySettings {
             task_queue: "api-tests".into(),
             batch: 10,
@@ -87,13 +89,7 @@ pub async fn serve(
         .await
         .expect("bind a loopback port");
     let addr = listener.local_addr().expect("local address");
-    let router = mainloop_api::router(state, &settings);
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    tokio::spawn(async move { mainloop_api::serve(listener, state, &settings).await });
     Served {
         addr,
         store,
