@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 mod events;
 mod extract;
+mod headers;
 pub mod health;
 mod messages;
 pub mod metrics;
@@ -29,7 +30,7 @@ use std::time::Duration;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Extension, Router, middleware};
@@ -37,7 +38,6 @@ use mainloop_store::Store;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{AuthConfig, AuthMode};
@@ -138,20 +138,10 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         ))
         .layer(middleware::from_fn(auth::same_origin))
         .layer(DefaultBodyLimit::max(settings.body_limit))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static("x-content-type-options"),
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static("referrer-policy"),
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static("x-frame-options"),
-            HeaderValue::from_static("DENY"),
-        ))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panicked))
+        // Outside the panic catcher, so a caught panic's answer carries them too.
+        .layer(middleware::from_fn(headers::secure))
         .with_state(state);
     match &settings.metrics {
         // Outermost, so it sees every answer (a caught panic's too). `Router::layer` wraps

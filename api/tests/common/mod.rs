@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Served {
     pub addr: SocketAddr,
+    // Not every test target looks into the store.
+    #[allow(dead_code)]
     pub store: Store,
     /// Holds the database (and whatever a test writes there); removed on drop.
     _dir: TempDir,
