@@ -126,6 +126,7 @@ proptest! {
             "-[a-z=-]{0,20}",
             "[a-z]{1,5}[/\\\\%:;?# \\x00\\n\u{2215}\u{ff0e}][a-z]{1,5}",
             "[a-z]{101,120}",
+            "[a-z]{1,5}\\.\\.[a-z]{1,5}",
         ],
     ) {
         for input in [format!("{good}/{bad}"), format!("{bad}/{good}"),
@@ -174,6 +175,7 @@ fn the_classic_attacks_are_refused_with_a_clear_error() {
         "/etc/passwd",
         "acme/..",
         "acme/.",
+        "acme/a..b",
         "acme/%2e%2e",
         "acme\\web",
         "acme/web\0",

@@ -68,8 +68,9 @@ pub async fn confirm(
     let repo = parse_repo(repo_text)
         .map_err(|e| ApiError::unprocessable(code::INVALID_REPO, e.to_string()))?
         .to_string();
+    // It becomes the value of the Claude Code CLI's `--model`: a name, never an option.
     if let Some(model) = &body.model
-        && (model.trim().is_empty() || model.len() > 100)
+        && !model_name(model)
     {
         return Err(ApiError::unprocessable(
             code::INVALID_BODY,
@@ -448,4 +449,14 @@ async fn accept(
 
 fn new_input_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// A model name or alias (`claude-sonnet-4-5`, `opus`, `us.anthropic.claude-…:0`,
+/// `claude-sonnet-4-5[1m]`): at most 100 ASCII characters that cannot read as an option.
+fn model_name(model: &str) -> bool {
+    (1..=100).contains(&model.len())
+        && !model.starts_with('-')
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:@/[]".contains(&b))
 }
