@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export PATH := $(PATH):$(shell go env GOPATH 2>/dev/null || echo $(HOME)/go)/bin:$(HOME)/go/bin
 CARGO ?= cargo
 
-.PHONY: help setup dev web web-types web-check deploy-check e2e test test-faults lint fmt bench histories determinism-gate clean
+.PHONY: help setup dev web web-types web-check deploy-check e2e test test-faults test-api-fuzz lint fmt bench histories determinism-gate clean
 
 NPM ?= npm
 FRONTEND := frontend
@@ -57,6 +57,11 @@ e2e: setup web $(E2E_MODULES) ## The web app end to end in Chromium, against mai
 	@scripts/setup --browser
 	$(CARGO) build -p mainloop -p mainloop-agent
 	cd e2e && $(NPM) test
+
+test-api-fuzz: setup ## Fuzz the API against its OpenAPI document (schemathesis, every check) on mainloop dev --demo
+	@scripts/setup --fuzz
+	$(CARGO) build -p mainloop -p mainloop-agent
+	scripts/api-fuzz
 
 test: setup ## Run every test (real Temporal, SQLite and PostgreSQL, the web app's, end to end)
 	$(MAKE) web-check

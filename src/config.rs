@@ -204,6 +204,13 @@ pub struct ApiArgs {
     /// Longest a request may take (the event stream excepted).
     #[arg(long, env = "MAINLOOP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Longest a client may take to send a request's headers, or to start its next request
+    /// on an idle connection; then the connection is closed (slow clients hold no socket).
+    #[arg(long, env = "MAINLOOP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Longest a request's body may take to arrive; then 408 and the connection is closed.
+    #[arg(long, env = "MAINLOOP_BODY_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
     /// Longest wait between retries of a signal Temporal did not take.
     #[arg(long, env = "MAINLOOP_OUTBOX_MAX_BACKOFF", default_value = "10s", value_parser = humantime::parse_duration)]
     pub outbox_max_backoff: Duration,

@@ -210,6 +210,8 @@ pub fn api_settings(api: &ApiArgs, queue: &QueueArgs) -> Result<ApiSettings> {
         auth,
         body_limit: api.body_limit,
         request_timeout: api.request_timeout,
+        header_timeout: api.header_timeout,
+        body_timeout: api.body_timeout,
         webhook_secret: api
             .github_webhook_secret
             .as_deref()

@@ -44,9 +44,11 @@ pub fn parse_repo(input: &str) -> Result<Repo, RepoError> {
         && !owner.starts_with('-')
         && !owner.ends_with('-')
         && owner.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    // `..` anywhere, not just alone: GitHub may allow `a..b`, but no real repository needs
+    // it, and a name that could pass for traversal somewhere is not worth the doubt.
     let name_ok = (1..=100).contains(&name.len())
         && name != "."
-        && name != ".."
+        && !name.contains("..")
         && !name.starts_with('-')
         && name
             .chars()
@@ -93,6 +95,7 @@ mod tests {
             "acme/web/tree/main",
             "../etc/passwd",
             "acme/..",
+            "acme/a..b",
             "-acme/web",
             "acme/--upload-pack=evil",
             "https://gitlab.com/acme/web",

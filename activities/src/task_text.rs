@@ -210,7 +210,11 @@ pub fn branch_name(issue: Option<u64>, title: &str, task_id: &str) -> String {
         .filter(char::is_ascii_alphanumeric)
         .take(8)
         .collect();
-    let number = issue.map_or(id8, |n| n.to_string());
+    let mut number = issue.map_or(id8, |n| n.to_string());
+    // `feature/` alone is no branch name git takes (task ids are never empty, but say so).
+    if number.is_empty() {
+        number.push_str("task");
+    }
     if slug.is_empty() {
         format!("{prefix}/{number}")
     } else {

@@ -19,6 +19,8 @@ pub mod code {
     pub const INVALID_CONTENT: &str = "invalid_content";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// The request body did not arrive within `MAINLOOP_BODY_TIMEOUT`.
+    pub const BODY_TIMEOUT: &str = "body_timeout";
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// A GitHub webhook whose signature does not match its body.
     pub const INVALID_SIGNATURE: &str = "invalid_signature";

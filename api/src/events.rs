@@ -27,6 +27,7 @@ const PAGE: i64 = 500;
 pub struct EventsQuery {
     /// Replay events after this id (for clients that cannot set `Last-Event-ID`, such as a
     /// first `EventSource` connection). Without it or the header, the stream starts live.
+    #[param(minimum = 0, nullable = false)]
     pub after: Option<i64>,
 }
 
@@ -34,7 +35,7 @@ pub struct EventsQuery {
     get, path = "/api/events", tag = "events",
     params(
         EventsQuery,
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, nullable = false, description = "Resume after this event id"),
     ),
     responses(
         (status = 200, content_type = "text/event-stream",

@@ -10,12 +10,14 @@ pub mod config;
 pub mod error;
 mod events;
 mod extract;
+mod headers;
 pub mod health;
 mod messages;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 mod proposals;
+mod server;
 mod session;
 mod tasks;
 pub mod temporal;
@@ -28,16 +30,14 @@ use std::time::Duration;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{BoxError, Extension, Router, middleware};
 use mainloop_store::Store;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{AuthConfig, AuthMode};
@@ -54,6 +54,10 @@ pub struct ApiSettings {
     pub body_limit: usize,
     /// Longest a (non-streaming) request may take.
     pub request_timeout: Duration,
+    /// Longest a client may take to send a request's headers (or, idle, to start the next).
+    pub header_timeout: Duration,
+    /// Longest a request's body may take to arrive.
+    pub body_timeout: Duration,
     pub relay: RelaySettings,
     /// The GitHub webhook secret; none: `POST /api/github/webhook` answers 404.
     pub webhook_secret: Option<Arc<str>>,
@@ -125,22 +129,19 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .merge(public)
         .fallback(move |request: Request| async move { web::serve(&web, request).await })
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            server::BodyRules {
+                limit: settings.body_limit,
+                timeout: settings.body_timeout,
+            },
+            server::read_body,
+        ))
         .layer(middleware::from_fn(auth::same_origin))
         .layer(DefaultBodyLimit::max(settings.body_limit))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static("x-content-type-options"),
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static("referrer-policy"),
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static("x-frame-options"),
-            HeaderValue::from_static("DENY"),
-        ))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panicked))
+        // Outside the panic catcher, so a caught panic's answer carries them too.
+        .layer(middleware::from_fn(headers::secure))
         .with_state(state);
     match &settings.metrics {
         // Outermost, so it sees every answer (a caught panic's too). `Router::layer` wraps
@@ -160,16 +161,13 @@ pub async fn serve(
     settings: &ApiSettings,
 ) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
-    // Streamed replies are many small writes; Nagle's algorithm would hold each one back
-    // until the previous is acknowledged (up to 40 ms with delayed ACKs).
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(state, settings))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    server::run(
+        listener,
+        router(state, settings),
+        settings.header_timeout,
+        shutdown,
+    )
+    .await
 }
 
 /// Starts the outbox relay beside the server.

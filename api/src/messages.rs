@@ -24,8 +24,10 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Return messages older than this `seq` (the cursor from `next_before`).
+    #[param(nullable = false)]
     pub before: Option<i64>,
     /// Page size, 1-200 (default 50).
+    #[param(minimum = 1, maximum = 200, nullable = false)]
     pub limit: Option<i64>,
 }
 
@@ -90,7 +92,12 @@ pub async fn list(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessage {
-    /// The message text (1-32000 characters).
+    /// The message text (1-32000 characters, not only white space, no NUL).
+    #[schema(
+        min_length = 1,
+        max_length = 32000,
+        pattern = "^[^\\x00]*[^\\s\\x00][^\\x00]*$"
+    )]
     pub content: String,
 }
 
@@ -98,7 +105,8 @@ pub struct PostMessage {
     post, path = "/api/messages", tag = "chat",
     request_body = PostMessage,
     params(
-        ("Idempotency-Key" = Option<String>, Header,
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+         pattern = "^[A-Za-z0-9._:-]{1,200}$",
          description = "Makes retries safe: the same key stores one message (1-200 of A-Z a-z 0-9 . _ : -)"),
     ),
     responses(

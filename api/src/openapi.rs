@@ -64,7 +64,7 @@ use utoipa::{OpenApi, ToSchema};
         TaskLogEvent,
         TaskInputEvent,
     )),
-    modifiers(&Security),
+    modifiers(&Security, &CommonErrors),
     security(("bearer" = []), ("session" = [])),
 )]
 pub struct ApiDoc;
@@ -87,6 +87,76 @@ impl utoipa::Modify for Security {
                 crate::auth::SESSION_COOKIE,
             ))),
         );
+    }
+}
+
+/// The errors any operation can answer with besides its own, added where an operation does
+/// not describe them itself: the layers in front of every handler (authentication, the
+/// origin check, body size, time and media type limits, JSON and query parsing, timeouts,
+/// the store being down) make them possible everywhere they apply.
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let has_id = path.contains('{');
+            let operations = [
+                (false, item.get.as_mut()),
+                (true, item.post.as_mut()),
+                (true, item.put.as_mut()),
+                (true, item.delete.as_mut()),
+                (true, item.patch.as_mut()),
+            ];
+            for (writes, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let public = operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.is_empty() || s.iter().any(|r| r == &Default::default()));
+                let mut common = vec![
+                    (
+                        "400",
+                        "malformed_json, invalid_query, invalid_header or invalid_body",
+                    ),
+                    ("500", "internal"),
+                    ("503", "timeout or unavailable"),
+                ];
+                if !public {
+                    common.push(("401", "unauthorized"));
+                }
+                if has_id {
+                    common.push(("404", "not_found"));
+                }
+                if writes {
+                    common.extend([
+                        ("403", "cross_origin"),
+                        ("408", "body_timeout"),
+                        ("413", "payload_too_large"),
+                        ("415", "unsupported_media_type"),
+                        ("422", "unknown_field or invalid_body"),
+                    ]);
+                }
+                for (status, description) in common {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
+        }
     }
 }
 

@@ -68,8 +68,9 @@ pub async fn confirm(
     let repo = parse_repo(repo_text)
         .map_err(|e| ApiError::unprocessable(code::INVALID_REPO, e.to_string()))?
         .to_string();
+    // It becomes the value of the Claude Code CLI's `--model`: a name, never an option.
     if let Some(model) = &body.model
-        && (model.trim().is_empty() || model.len() > 100)
+        && !model_name(model)
     {
         return Err(ApiError::unprocessable(
             code::INVALID_BODY,
@@ -118,12 +119,15 @@ pub async fn confirm(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TaskListQuery {
     /// Only tasks with this status.
     #[serde(default)]
+    #[param(value_type = Option<mainloop_store::TaskStatus>, nullable = false)]
     pub status: Option<String>,
-    /// Most tasks returned (default 100, at most 500).
+    /// Most tasks returned, 1-500 (default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500, nullable = false)]
     pub limit: Option<i64>,
 }
 
@@ -142,7 +146,13 @@ pub async fn list(
             ApiError::bad_request(code::INVALID_QUERY, format!("unknown status {text:?}"))
         })?),
     };
-    let limit = query.limit.unwrap_or(100).clamp(1, 500);
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            code::INVALID_QUERY,
+            "limit must be between 1 and 500",
+        ));
+    }
     Ok(Json(state.store.list_tasks(&user, status, limit).await?))
 }
 
@@ -174,9 +184,11 @@ pub async fn get(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
-    /// Most recent lines returned (default 200, at most 5000).
+    /// Most recent lines returned, 1-5000 (default 200).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 5000, nullable = false)]
     pub tail: Option<i64>,
 }
 
@@ -191,7 +203,13 @@ pub async fn logs(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> ApiResult<Json<Vec<TaskLogLine>>> {
-    let tail = query.tail.unwrap_or(200).clamp(1, 5000);
+    let tail = query.tail.unwrap_or(200);
+    if !(1..=5000).contains(&tail) {
+        return Err(ApiError::bad_request(
+            code::INVALID_QUERY,
+            "tail must be between 1 and 5000",
+        ));
+    }
     match state.store.task_logs(&user, &id, tail).await {
         Ok(lines) => Ok(Json(lines)),
         Err(StoreError::NotFound) => Err(ApiError::not_found("task")),
@@ -261,8 +279,11 @@ pub async fn answer(
 #[serde(deny_unknown_fields)]
 pub struct ReviewBody {
     /// `approve`, `revise` (with `text`) or `cancel`.
+    #[schema(pattern = "^(approve|revise|cancel)$")]
     pub action: String,
+    /// What to change in the plan (`revise` only).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 20000)]
     pub text: Option<String>,
 }
 
@@ -281,6 +302,12 @@ pub async fn review_plan(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ReviewBody>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
+    // The task's state first: a review of a task that has no plan waiting is a conflict,
+    // whatever the body says.
+    let task = task_or_404(&state, &user, &id).await?;
+    if task.status != TaskStatus::WaitingPlanReview {
+        return Err(not_now(&task, "waiting for a plan review"));
+    }
     let text = body.text.as_deref().map(str::trim).unwrap_or("");
     let payload = match body.action.as_str() {
         "approve" | "cancel" => serde_json::json!({ "action": body.action }),
@@ -448,4 +475,14 @@ async fn accept(
 
 fn new_input_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// A model name or alias (`claude-sonnet-4-5`, `opus`, `us.anthropic.claude-…:0`,
+/// `claude-sonnet-4-5[1m]`): at most 100 ASCII characters that cannot read as an option.
+fn model_name(model: &str) -> bool {
+    (1..=100).contains(&model.len())
+        && !model.starts_with('-')
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:@/[]".contains(&b))
 }

@@ -342,3 +342,52 @@ async fn every_event_the_store_writes_fits_its_published_schema() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_document_places_each_parameter_where_the_api_reads_it() {
+    // A query parameter documented as a path parameter (utoipa's default for `IntoParams`)
+    // sends clients and fuzzers to the wrong place.
+    let app = App::start(AuthMode::None, None).await;
+    let doc: Value = app
+        .get("/api/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().expect("a name");
+                let place = parameter["in"].as_str().expect("a place");
+                let in_path = path.contains(&format!("{{{name}}}"));
+                assert_eq!(
+                    place == "path",
+                    in_path,
+                    "{method} {path}: {name} in {place}"
+                );
+                assert_ne!(
+                    parameter["schema"]["type"],
+                    json!(["integer", "null"]),
+                    "{name}"
+                );
+            }
+            for status in ["400", "500", "503"] {
+                assert!(
+                    operation["responses"].get(status).is_some(),
+                    "{method} {path}: {status}"
+                );
+            }
+        }
+    }
+    // Out-of-range list sizes are refused, as documented, not silently clamped.
+    for (query, status) in [
+        ("/api/tasks?limit=0", 400),
+        ("/api/tasks?limit=501", 400),
+        ("/api/tasks?limit=500", 200),
+        ("/api/tasks/no-such/logs?tail=0", 400),
+        ("/api/tasks/no-such/logs?tail=5001", 400),
+        ("/api/tasks/no-such/logs?tail=5000", 404),
+    ] {
+        assert_eq!(app.get(query).await.status().as_u16(), status, "{query}");
+    }
+}

@@ -186,14 +186,7 @@ impl Repo {
     /// The failed clone, with its stderr.
     pub fn clone(git: Git, url: &str, dir: &Path, shallow: Option<&str>) -> Result<Repo, GitError> {
         let target = dir.to_string_lossy().into_owned();
-        let mut args = vec!["clone", "--no-tags"];
-        if let Some(branch) = shallow {
-            args.extend(["--depth", "1", "--single-branch", "--branch", branch]);
-        } else {
-            args.push("--no-checkout");
-        }
-        args.extend(["--", url, target.as_str()]);
-        git.run(None, &args)?;
+        git.run(None, &strs(&args::clone(url, &target, shallow)))?;
         Ok(Repo {
             git,
             dir: dir.to_owned(),
@@ -208,30 +201,20 @@ impl Repo {
     /// Sets the commit identity in the clone only, so neither the model's commits nor ours
     /// depend on (or change) a global git config.
     pub fn set_identity(&self, name: &str, email: &str) -> Result<(), GitError> {
-        self.run(&["config", "user.name", name])?;
-        self.run(&["config", "user.email", email])?;
+        self.run(&strs(&args::config("user.name", name)))?;
+        self.run(&strs(&args::config("user.email", email)))?;
         Ok(())
     }
 
     /// Whether `origin/{branch}` exists (the clone saw the branch on the remote).
     pub fn remote_branch_exists(&self, branch: &str) -> Result<bool, GitError> {
-        let reference = format!("refs/remotes/origin/{branch}");
-        self.git.test(
-            &self.dir,
-            &[
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                "--end-of-options",
-                &reference,
-            ],
-        )
+        self.git
+            .test(&self.dir, &strs(&args::remote_branch_exists(branch)))
     }
 
     /// Checks out `branch` at `start`, creating or resetting the local branch.
     pub fn checkout(&self, branch: &str, start: &str, track: bool) -> Result<(), GitError> {
-        let track = if track { "--track" } else { "--no-track" };
-        self.run(&["checkout", "--quiet", track, "-B", branch, start])?;
+        self.run(&strs(&args::checkout(branch, start, track)?))?;
         Ok(())
     }
 
@@ -241,10 +224,9 @@ impl Repo {
 
     /// Commits between `from` (exclusive) and HEAD.
     pub fn count_commits(&self, from: &str) -> Result<u64, GitError> {
-        let range = format!("{from}..HEAD");
-        let count = self.run(&["rev-list", "--count", &range])?;
+        let count = self.run(&strs(&args::count_commits(from)))?;
         count.parse().map_err(|_| GitError {
-            command: format!("rev-list --count {range}"),
+            command: format!("rev-list --count {from}..HEAD"),
             stderr: format!("unexpected output `{count}`"),
         })
     }
@@ -264,9 +246,83 @@ impl Repo {
     /// Pushes HEAD to `branch` on the clone URL itself rather than `origin`, which the model
     /// could have repointed.
     pub fn push(&self, branch: &str) -> Result<(), GitError> {
-        let refspec = format!("HEAD:refs/heads/{branch}");
-        self.run(&["push", "--quiet", "--no-verify", "--", &self.url, &refspec])?;
+        self.run(&strs(&args::push(&self.url, branch)))?;
         Ok(())
+    }
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The argument lists of the git commands that carry values from the spec (URL, branches,
+/// identity). Each such value is either the argument of an option that takes one (`--branch`,
+/// `-B`) or comes after `--` / `--end-of-options`, so a value that starts with `-` can never
+/// be read as an option, whatever got past the spec's validation.
+pub(crate) mod args {
+    use super::GitError;
+
+    fn owned(items: &[&str]) -> Vec<String> {
+        items.iter().map(|item| (*item).to_owned()).collect()
+    }
+
+    pub fn clone(url: &str, target: &str, shallow: Option<&str>) -> Vec<String> {
+        let mut args = owned(&["clone", "--no-tags"]);
+        match shallow {
+            Some(branch) => {
+                args.extend(owned(&[
+                    "--depth",
+                    "1",
+                    "--single-branch",
+                    "--branch",
+                    branch,
+                ]));
+            }
+            None => args.push("--no-checkout".to_owned()),
+        }
+        args.extend(owned(&["--", url, target]));
+        args
+    }
+
+    pub fn config(key: &str, value: &str) -> Vec<String> {
+        owned(&["config", "--end-of-options", key, value])
+    }
+
+    pub fn remote_branch_exists(branch: &str) -> Vec<String> {
+        let reference = format!("refs/remotes/origin/{branch}");
+        owned(&[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &reference,
+        ])
+    }
+
+    /// `checkout -B branch start --`: the trailing `--` says no paths follow. `checkout`
+    /// takes `--end-of-options` as the start of paths, so the start point itself must not
+    /// look like an option.
+    pub fn checkout(branch: &str, start: &str, track: bool) -> Result<Vec<String>, GitError> {
+        if start.starts_with('-') {
+            return Err(GitError {
+                command: "checkout".to_owned(),
+                stderr: format!("refusing start point {start:?}: it looks like an option"),
+            });
+        }
+        let track = if track { "--track" } else { "--no-track" };
+        Ok(owned(&[
+            "checkout", "--quiet", track, "-B", branch, start, "--",
+        ]))
+    }
+
+    pub fn count_commits(from: &str) -> Vec<String> {
+        let range = format!("{from}..HEAD");
+        owned(&["rev-list", "--count", "--end-of-options", &range])
+    }
+
+    pub fn push(url: &str, branch: &str) -> Vec<String> {
+        let refspec = format!("HEAD:refs/heads/{branch}");
+        owned(&["push", "--quiet", "--no-verify", "--", url, &refspec])
     }
 }
 
@@ -351,5 +407,105 @@ mod tests {
             error("fatal: unable to access 'x': The requested URL returned error: 502").retryable()
         );
         assert!(error(" ! [rejected]        HEAD -> b (fetch first)").retryable());
+    }
+
+    /// Options of ours that take the next argument as their value.
+    const TAKES_VALUE: [&str; 4] = ["--branch", "-B", "--depth", "--message"];
+
+    /// Whether git could read the value as an option in `args`: an argument that differs
+    /// from `benign` (the same command with a plain value) starts with `-`, is not the value
+    /// of an option that takes one, and comes before `--` or `--end-of-options`.
+    fn read_as_option(args: &[String], benign: &[String]) -> bool {
+        let end = benign
+            .iter()
+            .position(|a| a == "--" || a == "--end-of-options")
+            .unwrap_or(benign.len());
+        args.len() != benign.len()
+            || args
+                .iter()
+                .zip(benign)
+                .enumerate()
+                .any(|(i, (arg, plain))| {
+                    arg != plain
+                        && arg.starts_with('-')
+                        && i < end
+                        && !(i > 0 && TAKES_VALUE.contains(&args[i - 1].as_str()))
+                })
+    }
+
+    type Build = fn(&str) -> Vec<String>;
+
+    /// Every command, with the one value from the spec or the clone under test.
+    const BUILDS: [(&str, Build); 9] = [
+        ("clone url", |v| args::clone(v, "/tmp/x", None)),
+        ("clone branch", |v| {
+            args::clone("https://x/y", "/tmp/x", Some(v))
+        }),
+        ("clone target", |v| {
+            args::clone("https://x/y", v, Some("main"))
+        }),
+        ("config", |v| args::config("user.name", v)),
+        ("remote branch", |v| args::remote_branch_exists(v)),
+        ("count", |v| args::count_commits(v)),
+        ("push url", |v| args::push(v, "b")),
+        ("push branch", |v| args::push("https://x/y", v)),
+        ("checkout", |v| {
+            args::checkout(v, "origin/main", true).unwrap_or_default()
+        }),
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn values_from_the_spec_are_never_read_as_options(
+            value in "-{1,2}[a-zA-Z=/ ._-]{0,20}",
+        ) {
+            for (command, build) in BUILDS {
+                let args = build(&value);
+                proptest::prop_assert!(!read_as_option(&args, &build("plain")), "{command}: {args:?}");
+            }
+            proptest::prop_assert!(args::checkout("b", &value, false).is_err());
+        }
+    }
+
+    #[test]
+    fn the_check_catches_a_value_before_the_separator() {
+        let unsafe_build = |v: &str| vec!["clone".to_owned(), v.to_owned(), "--".to_owned()];
+        assert!(read_as_option(
+            &unsafe_build("--upload-pack=x"),
+            &unsafe_build("plain")
+        ));
+    }
+
+    /// Real git, given URLs and branches that would run a command if read as options or
+    /// transports: every clone fails and the canary file is never written.
+    #[test]
+    fn hostile_clone_urls_and_branches_run_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("pwned");
+        let touch = format!("touch {}", canary.display());
+        let git = Git::new("https://github.com/a/b", None);
+        let hostile = [
+            format!("--upload-pack={touch}"),
+            format!("-u{touch}"),
+            format!("--config=core.sshCommand={touch}"),
+            format!("ext::sh -c {}", touch.replace(' ', "% ")),
+            format!("ssh://-oProxyCommand={}/x", touch.replace(' ', "%20")),
+            "-oProxyCommand=sh".to_owned(),
+        ];
+        for (i, url) in hostile.iter().enumerate() {
+            let target = dir.path().join(format!("clone-{i}"));
+            assert!(
+                Repo::clone(git.clone(), url, &target, None).is_err(),
+                "{url}"
+            );
+            let shallow = Repo::clone(
+                git.clone(),
+                "https://127.0.0.1:9/a/b",
+                &dir.path().join(format!("shallow-{i}")),
+                Some(url),
+            );
+            assert!(shallow.is_err(), "{url}");
+        }
+        assert!(!canary.exists(), "a hostile value ran a command");
     }
 }

@@ -154,11 +154,23 @@ impl AgentSpec {
     }
 }
 
+/// Longest branch name taken: git has no limit, but a ref is a file and file names stop at 255.
+const MAX_BRANCH_BYTES: usize = 200;
+
+/// Zero-width and bidirectional-control characters: git takes them, but they make a name
+/// show as another (`main\u{202e}` and friends) in logs, the app and GitHub.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
 /// The rules of `git check-ref-format --branch` that matter here, plus no leading `-` so a
-/// name can never be read as an option.
+/// name can never be read as an option, no invisible characters and a length limit.
 fn check_branch_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("is empty");
+    }
+    if name.len() > MAX_BRANCH_BYTES {
+        return Err("is longer than 200 bytes");
     }
     if name.starts_with('-') || name.starts_with('/') || name.ends_with('/') {
         return Err("must not start with `-` or `/`, or end with `/`");
@@ -172,7 +184,7 @@ fn check_branch_name(name: &str) -> Result<(), &'static str> {
     if name.starts_with('.')
         || name
             .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
+            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c) || invisible(c))
     {
         return Err("contains characters git does not allow in branch names");
     }

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Served {
     pub addr: SocketAddr,
+    // Not every test target looks into the store.
+    #[allow(dead_code)]
     pub store: Store,
     /// Holds the database (and whatever a test writes there); removed on drop.
     _dir: TempDir,
@@ -53,6 +55,8 @@ pub async fn serve(
         },
         body_limit: 256 * 1024,
         request_timeout: Duration::from_secs(30),
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(20),
         relay: RelaySettings {
             task_queue: "api-tests".into(),
             batch: 10,
@@ -87,13 +91,7 @@ pub async fn serve(
         .await
         .expect("bind a loopback port");
     let addr = listener.local_addr().expect("local address");
-    let router = mainloop_api::router(state, &settings);
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    tokio::spawn(async move { mainloop_api::serve(listener, state, &settings).await });
     Served {
         addr,
         store,
