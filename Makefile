@@ -75,8 +75,8 @@ fmt: $(NODE_MODULES) ## Format the code
 	$(CARGO) fmt --all
 	cd $(FRONTEND) && $(NPM) run format
 
-bench: setup ## Benchmarks (DESIGN §12), printed as a table with calibration ratios
-	$(CARGO) bench --bench f1_chat
+bench: setup ## Benchmarks F1–F9 (DESIGN §12) against calibration probes: one table, target/bench/report.{md,json}
+	$(CARGO) bench --bench suite
 
 histories: setup ## Re-record the replay corpus in workflows/tests/histories
 	MAINLOOP_RECORD_HISTORIES=1 $(CARGO) test --test stack -- histories::
