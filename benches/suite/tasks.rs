@@ -38,6 +38,9 @@ async fn drive(stack: &TaskStack, ids: &[String]) -> Result<HashMap<String, Dura
     let mut approved = HashSet::new();
     let mut merged: HashMap<String, Duration> = HashMap::new();
     let mut merging = tokio::task::JoinSet::new();
+    // One merge at a time, as one person merges (and the fake's merges of one repository
+    // must not race each other for `main`).
+    let one_at_a_time = std::sync::Arc::new(tokio::sync::Mutex::new(()));
     let wanted: HashSet<&String> = ids.iter().collect();
     let deadline = tokio::time::Instant::now() + WAIT * 3;
     loop {
@@ -58,7 +61,9 @@ async fn drive(stack: &TaskStack, ids: &[String]) -> Result<HashMap<String, Dura
                     let github = stack.github.clone();
                     let id = task.id.clone();
                     merged.insert(id.clone(), Duration::ZERO);
+                    let lock = one_at_a_time.clone();
                     merging.spawn(async move {
+                        let _turn = lock.lock().await;
                         let start = Instant::now();
                         github.merge_pr(REPO, pr).await?;
                         anyhow::Ok((id, start.elapsed()))
@@ -103,6 +108,30 @@ async fn job_time(stack: &TaskStack, id: &str) -> Result<Duration> {
         .sum())
 }
 
+/// How many events of each type task `id`'s history holds, most frequent first.
+async fn history_breakdown(temporal: &DevServer, id: &str) -> Result<Vec<(String, usize)>> {
+    let out = temporal
+        .cli(&[
+            "workflow",
+            "show",
+            "--workflow-id",
+            &format!("task/{id}"),
+            "--output",
+            "json",
+        ])
+        .await?;
+    let history: serde_json::Value = serde_json::from_str(&out)?;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for event in history["events"].as_array().into_iter().flatten() {
+        let kind = event["eventType"].as_str().unwrap_or("?");
+        let kind = kind.trim_start_matches("EVENT_TYPE_").to_lowercase();
+        *counts.entry(kind).or_default() += 1;
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(counts)
+}
+
 /// The history length of task `id`'s workflow, from the server.
 async fn history_events(temporal: &DevServer, id: &str) -> Result<u64> {
     // The workflow closes just after it records `merged`: wait for it to have closed.
@@ -133,6 +162,7 @@ async fn lifecycle(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> 
     let mut totals = Vec::new();
     let mut jobs = Vec::new();
     let mut events = Vec::new();
+    let mut last = String::new();
     // One warm-up task: the first job and the first workflow of a worker pay for caches.
     for i in 0..=iterations {
         let proposal = stack.proposal(false).await?;
@@ -148,6 +178,7 @@ async fn lifecycle(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> 
             jobs.push(job);
             // The workflow records its end after the merged status: wait for it to close.
             events.push(history_events(temporal, &id).await? as f64);
+            last = id;
         }
     }
     let overhead = Stats::of(overhead);
@@ -156,6 +187,12 @@ async fn lifecycle(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> 
     events.sort_by(f64::total_cmp);
     let events_p50 = events.get(events.len() / 2).copied().unwrap_or(f64::NAN);
     let events_max = events.last().copied().unwrap_or(f64::NAN);
+    let breakdown = history_breakdown(temporal, &last)
+        .await?
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(vec![
         Row {
             id: "F2",
@@ -177,7 +214,10 @@ async fn lifecycle(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> 
             unit: "events",
             bound: Bound::AtMost(120.0),
             probe: None,
-            note: format!("max of n={}, p50 {events_p50:.0}", events.len()),
+            note: format!(
+                "max of n={}, p50 {events_p50:.0}; the last: {breakdown}",
+                events.len()
+            ),
         },
     ])
 }
