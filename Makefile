@@ -92,8 +92,8 @@ fmt: $(NODE_MODULES) ## Format the code
 	$(CARGO) fmt --all
 	cd $(FRONTEND) && $(NPM) run format
 
-bench: setup ## Benchmarks (DESIGN §12), printed as a table with calibration ratios
-	$(CARGO) bench --bench f1_chat
+bench: setup ## Benchmarks F1–F9 (DESIGN §12) against calibration probes: one table, target/bench/report.{md,json}
+	$(CARGO) bench --bench suite
 
 determinism-gate: ## Check that incompatible workflow changes fail to replay the corpus and patched() ones pass (docs/determinism.md)
 	CARGO=$(CARGO) scripts/determinism-gate

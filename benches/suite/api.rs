@@ -1,0 +1,256 @@
+//! The API benchmarks, on the API started in this process (as `mainloop serve` starts it) on
+//! PostgreSQL, with no worker: nothing here runs a workflow.
+//! - F6: `GET /api/inbox` with 10k tasks (each with its plan-review item) in the store.
+//! - F7: one event committed to the store → the last of 100 connected SSE clients has it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use mainloop::config::{ApiArgs, GitHubArgs, QueueArgs};
+use mainloop::run::{api_settings, github_client, start_api};
+use mainloop_api::TemporalLink;
+use mainloop_store::{
+    ConfirmOverrides, InboxKind, NewEvent, NewInboxItem, NewProposal, Store, TaskProjection,
+    TaskStatus, event_kind,
+};
+use mainloop_testkit::ports::free_port;
+use mainloop_testkit::postgres::PgServer;
+use mainloop_testkit::sse::SseClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Bound, Probe, Row, Stats, WARMUP, setting};
+
+const USER: &str = "bench-api";
+
+#[derive(Parser)]
+struct Settings {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    queue: QueueArgs,
+    #[command(flatten)]
+    github: GitHubArgs,
+}
+
+pub async fn run() -> Result<Vec<Row>> {
+    let pg = PgServer::start().await?;
+    let store = Store::connect(&pg.create_database("mainloop").await?).await?;
+    store.migrate().await?;
+    let port = free_port()?;
+    let settings = Settings::try_parse_from([
+        "bench".to_string(),
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--user={USER}"),
+    ])?;
+    let shutdown = CancellationToken::new();
+    let api = start_api(
+        settings.api.listen,
+        api_settings(&settings.api, &settings.queue)?,
+        store.clone(),
+        // The seeded confirmations queue signals for the main thread; with no Temporal they
+        // stay queued instead of starting 10k workflows during the measurement.
+        TemporalLink::disconnected(),
+        github_client(&settings.github)?,
+        &shutdown,
+    )
+    .await?;
+    let base = format!("http://{}", api.address);
+    let measured = async {
+        let mut rows = sse_fanout(&store, &base).await?;
+        rows.extend(inbox(&store, &base).await?);
+        anyhow::Ok(rows)
+    }
+    .await;
+    shutdown.cancel();
+    api.server.await??;
+    measured
+}
+
+/// Stores `count` tasks as the product makes them: a proposal (on its note), confirmed, then
+/// waiting for plan review with its inbox item raised.
+async fn seed(store: &Store, count: usize) -> Result<()> {
+    let one = |i: usize| {
+        let store = store.clone();
+        async move {
+            let note = store
+                .add_note(USER, &format!("seed-{i}"), "proposing a task")
+                .await?;
+            let id = uuid::Uuid::now_v7().to_string();
+            store
+                .create_proposal(
+                    USER,
+                    &NewProposal {
+                        id: id.clone(),
+                        message_id: note.id,
+                        title: format!("Task {i}"),
+                        description: "Seeded by the benchmark".into(),
+                        repo: "acme/web".into(),
+                        model: None,
+                        skip_planning: false,
+                    },
+                )
+                .await?;
+            store
+                .confirm_proposal(
+                    USER,
+                    &id,
+                    &ConfirmOverrides::default(),
+                    &format!("main-thread/{USER}"),
+                )
+                .await?;
+            store
+                .record_task(
+                    USER,
+                    &id,
+                    &TaskProjection {
+                        status: Some(TaskStatus::WaitingPlanReview),
+                        detail: "waiting for plan review".into(),
+                        issue_number: Some(i as i64 + 1),
+                        ..TaskProjection::default()
+                    },
+                    Some(&NewInboxItem {
+                        id: format!("{id}-plan-1"),
+                        kind: InboxKind::PlanReview,
+                        title: format!("Plan ready: Task {i}"),
+                        body: "1. Add greet()\n2. Test it".into(),
+                        url: None,
+                        resolved: false,
+                    }),
+                )
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    // A few at a time: the pool has room, and 10k one by one takes too long.
+    let mut next = 0;
+    while next < count {
+        let batch: Vec<_> = (next..(next + 16).min(count)).map(one).collect();
+        for result in futures::future::join_all(batch).await {
+            result?;
+        }
+        next += 16;
+    }
+    Ok(())
+}
+
+async fn inbox(store: &Store, base: &str) -> Result<Vec<Row>> {
+    let tasks = setting("F6_TASKS", 10_000);
+    let iterations = setting("F6_ITERATIONS", 300);
+    let seeding = Instant::now();
+    seed(store, tasks).await?;
+    let seeded = seeding.elapsed();
+    let http = reqwest::Client::new();
+    let mut samples = Vec::new();
+    let mut items = 0;
+    for i in 0..WARMUP + iterations {
+        let start = Instant::now();
+        let response = http.get(format!("{base}/api/inbox")).send().await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "inbox answered {}",
+            response.status()
+        );
+        let body = response.bytes().await?;
+        if i >= WARMUP {
+            samples.push(start.elapsed());
+        }
+        items = serde_json::from_slice::<serde_json::Value>(&body)?
+            .as_array()
+            .map_or(0, Vec::len);
+    }
+    let stats = Stats::of(samples);
+    Ok(vec![Row {
+        id: "F6",
+        what: format!("inbox list with {tasks} tasks, p99"),
+        figure: stats.p99_ms,
+        unit: "ms",
+        bound: Bound::AtMost(10.0),
+        probe: Some(Probe::Loopback),
+        note: format!(
+            "n={}, p50 {:.2} ms, {items} items per page, PostgreSQL (seeded in {:.0} s)",
+            stats.n,
+            stats.p50_ms,
+            seeded.as_secs_f64()
+        ),
+    }])
+}
+
+async fn sse_fanout(store: &Store, base: &str) -> Result<Vec<Row>> {
+    let clients = setting("F7_CLIENTS", 100);
+    let iterations = setting("F7_ITERATIONS", 100);
+    // One client first: what the fan-out adds is the difference.
+    let single = fanout(store, base, 1, iterations).await?;
+    let stats = fanout(store, base, clients, iterations).await?;
+    Ok(vec![Row {
+        id: "F7",
+        what: format!("event committed → last of {clients} SSE clients has it, p50"),
+        figure: stats.p50_ms,
+        unit: "ms",
+        bound: Bound::AtMost(3.0),
+        probe: Some(Probe::Loopback),
+        note: format!(
+            "n={}, p99 {:.2} ms; one client alone p50 {:.2} ms; the commit is inside the \
+             figure; clients in the same process",
+            stats.n, stats.p99_ms, single.p50_ms
+        ),
+    }])
+}
+
+async fn fanout(store: &Store, base: &str, clients: usize, iterations: usize) -> Result<Stats> {
+    let after = store.last_event_id().await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let mut client =
+            SseClient::connect(&format!("{base}/api/events?after={after}"), &[], None).await?;
+        let tx = tx.clone();
+        readers.spawn(async move {
+            loop {
+                match client.next(Duration::from_secs(600)).await {
+                    Ok(Some(event)) if event.event == event_kind::THREAD_NOTICE => {
+                        let seq = event.json()?["text"]
+                            .as_str()
+                            .and_then(|t| t.parse().ok())
+                            .context("a notice of another run")?;
+                        if tx.send((seq, Instant::now())).is_err() {
+                            return anyhow::Ok(());
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return anyhow::Ok(()),
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut samples = Vec::new();
+    for seq in 0..WARMUP + iterations {
+        let start = Instant::now();
+        store
+            .append_events(
+                USER,
+                &[NewEvent::new(
+                    event_kind::THREAD_NOTICE,
+                    serde_json::json!({"level": "info", "text": seq.to_string()}),
+                )],
+            )
+            .await?;
+        let mut last = start;
+        for _ in 0..clients {
+            let (got, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .context("an SSE client did not get the event")?
+                .context("the SSE clients stopped")?;
+            anyhow::ensure!(got == seq, "event {got} arrived while waiting for {seq}");
+            last = last.max(at);
+        }
+        if seq >= WARMUP {
+            samples.push(last - start);
+        }
+        // Apart, as events come: each one is fanned out to idle clients.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    readers.abort_all();
+    Ok(Stats::of(samples))
+}

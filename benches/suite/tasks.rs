@@ -1,0 +1,360 @@
+//! The task benchmarks, on one [`TaskStack`] in this order:
+//! - F2: one task at a time through its whole lifecycle (plan, approval, implementation, CI,
+//!   ready for review, merged); mainloop's overhead is the wall time minus the time inside
+//!   jobs and inside the person's merge; and the task workflow's history length.
+//! - F3 and F9: many tasks started at once (skipping planning) to merged: tasks per minute
+//!   through the one worker, and the worker's CPU time per task.
+//! - F4: many tasks parked on a person (waiting for plan review): the worker's resident
+//!   memory per parked task.
+//! - F5: a plan approval posted to the API → the task's workflow moves on (its new status on
+//!   the event stream), for some of the parked tasks, one at a time.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mainloop_store::TaskStatus;
+use mainloop_testkit::sse::SseClient;
+use mainloop_testkit::temporal::DevServer;
+use serde_json::json;
+
+use crate::stack::{REPO, TaskStack, WAIT};
+use crate::support::{Bound, Probe, Row, Stats, cpu_time, rss_kib, setting};
+
+pub async fn run(temporal: &DevServer) -> Result<Vec<Row>> {
+    let stack = TaskStack::start(temporal, "tasks", &[]).await?;
+    let mut rows = Vec::new();
+    rows.extend(lifecycle(&stack, temporal).await?);
+    rows.extend(throughput(&stack).await?);
+    rows.extend(parked(&stack).await?);
+    Ok(rows)
+}
+
+/// What the person does to tasks: approves plans and merges pull requests as soon as they
+/// are asked to, until every task in `ids` is merged. Returns the time spent inside the fake
+/// GitHub's merges (the person's time, not mainloop's) per task.
+async fn drive(stack: &TaskStack, ids: &[String]) -> Result<HashMap<String, Duration>> {
+    let mut wake = stack.store.subscribe_events();
+    let mut approved = HashSet::new();
+    let mut merged: HashMap<String, Duration> = HashMap::new();
+    let mut merging = tokio::task::JoinSet::new();
+    // One merge at a time, as one person merges (and the fake's merges of one repository
+    // must not race each other for `main`).
+    let one_at_a_time = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+    let wanted: HashSet<&String> = ids.iter().collect();
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        let tasks = stack.store.list_tasks(&stack.user, None, 100_000).await?;
+        let mut done = 0;
+        for task in tasks.iter().filter(|t| wanted.contains(&t.id)) {
+            match task.status {
+                TaskStatus::WaitingPlanReview if approved.insert(task.id.clone()) => {
+                    stack
+                        .post(
+                            &format!("/api/tasks/{}/review-plan", task.id),
+                            json!({"action": "approve"}),
+                        )
+                        .await?;
+                }
+                TaskStatus::ReadyForReview if !merged.contains_key(&task.id) => {
+                    let pr = task.pr_number.context("no PR")? as u64;
+                    let github = stack.github.clone();
+                    let id = task.id.clone();
+                    merged.insert(id.clone(), Duration::ZERO);
+                    let lock = one_at_a_time.clone();
+                    merging.spawn(async move {
+                        let _turn = lock.lock().await;
+                        let start = Instant::now();
+                        github.merge_pr(REPO, pr).await?;
+                        anyhow::Ok((id, start.elapsed()))
+                    });
+                }
+                TaskStatus::Merged => done += 1,
+                TaskStatus::Failed => bail!("task {} failed: {:?}", task.id, task.error),
+                _ => {}
+            }
+        }
+        while let Some(finished) = merging.try_join_next() {
+            let (id, took) = finished??;
+            merged.insert(id, took);
+        }
+        if done == ids.len() {
+            while let Some(finished) = merging.join_next().await {
+                let (id, took) = finished??;
+                merged.insert(id, took);
+            }
+            return Ok(merged);
+        }
+        match tokio::time::timeout_at(deadline, wake.recv()).await {
+            Err(_) => bail!(
+                "{done}/{} tasks merged in time; worker log:\n{}",
+                ids.len(),
+                stack.worker.log_tail(30)
+            ),
+            Ok(_) => {
+                // Many changes arrive together: look once for all of them.
+                while wake.try_recv().is_ok() {}
+            }
+        }
+    }
+}
+
+/// Time task `id`'s jobs ran, from their recorded runs.
+async fn job_time(stack: &TaskStack, id: &str) -> Result<Duration> {
+    let runs = stack.store.task_runs(&stack.user, id).await?;
+    Ok(runs
+        .iter()
+        .filter_map(|r| Some((r.finished_at? - r.started_at).to_std().unwrap_or_default()))
+        .sum())
+}
+
+/// How many events of each type task `id`'s history holds, most frequent first.
+async fn history_breakdown(temporal: &DevServer, id: &str) -> Result<Vec<(String, usize)>> {
+    let out = temporal
+        .cli(&[
+            "workflow",
+            "show",
+            "--workflow-id",
+            &format!("task/{id}"),
+            "--output",
+            "json",
+        ])
+        .await?;
+    let history: serde_json::Value = serde_json::from_str(&out)?;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for event in history["events"].as_array().into_iter().flatten() {
+        let kind = event["eventType"].as_str().unwrap_or("?");
+        let kind = kind.trim_start_matches("EVENT_TYPE_").to_lowercase();
+        *counts.entry(kind).or_default() += 1;
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(counts)
+}
+
+/// The history length of task `id`'s workflow, from the server.
+async fn history_events(temporal: &DevServer, id: &str) -> Result<u64> {
+    // The workflow closes just after it records `merged`: wait for it to have closed.
+    temporal
+        .cli(&["workflow", "result", "--workflow-id", &format!("task/{id}")])
+        .await?;
+    let out = temporal
+        .cli(&[
+            "workflow",
+            "describe",
+            "--workflow-id",
+            &format!("task/{id}"),
+            "--output",
+            "json",
+        ])
+        .await?;
+    let described: serde_json::Value = serde_json::from_str(&out)?;
+    let length = &described["workflowExecutionInfo"]["historyLength"];
+    length
+        .as_u64()
+        .or_else(|| length.as_str().and_then(|s| s.parse().ok()))
+        .with_context(|| format!("no historyLength in {out}"))
+}
+
+async fn lifecycle(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> {
+    let iterations = setting("F2_TASKS", 10);
+    let mut overhead = Vec::new();
+    let mut totals = Vec::new();
+    let mut jobs = Vec::new();
+    let mut events = Vec::new();
+    let mut last = String::new();
+    // One warm-up task: the first job and the first workflow of a worker pay for caches.
+    for i in 0..=iterations {
+        let proposal = stack.proposal(false).await?;
+        let start = Instant::now();
+        let id = stack.confirm(&proposal).await?;
+        let merges = drive(stack, std::slice::from_ref(&id)).await?;
+        let total = start.elapsed();
+        let job = job_time(stack, &id).await?;
+        let merge = merges.get(&id).copied().unwrap_or_default();
+        if i > 0 {
+            overhead.push(total.saturating_sub(job + merge));
+            totals.push(total);
+            jobs.push(job);
+            // The workflow records its end after the merged status: wait for it to close.
+            events.push(history_events(temporal, &id).await? as f64);
+            last = id;
+        }
+    }
+    let overhead = Stats::of(overhead);
+    let totals = Stats::of(totals);
+    let jobs = Stats::of(jobs);
+    events.sort_by(f64::total_cmp);
+    let events_p50 = events.get(events.len() / 2).copied().unwrap_or(f64::NAN);
+    let events_max = events.last().copied().unwrap_or(f64::NAN);
+    let breakdown = history_breakdown(temporal, &last)
+        .await?
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(vec![
+        Row {
+            id: "F2",
+            what: "task lifecycle overhead (plan → approve → PR → CI → merged), p50".into(),
+            figure: overhead.p50_ms,
+            unit: "ms",
+            bound: Bound::AtMost(250.0),
+            probe: Some(Probe::NoopWorkflow),
+            note: format!(
+                "n={}; wall p50 {:.0} ms minus jobs p50 {:.0} ms (instant agent: 4 jobs, git \
+                 push) and the merge; p99 {:.0} ms",
+                overhead.n, totals.p50_ms, jobs.p50_ms, overhead.p99_ms
+            ),
+        },
+        Row {
+            id: "F2",
+            what: "task workflow history events per lifecycle".into(),
+            figure: events_max,
+            unit: "events",
+            bound: Bound::AtMost(120.0),
+            probe: None,
+            note: format!(
+                "max of n={}, p50 {events_p50:.0}; the last: {breakdown}",
+                events.len()
+            ),
+        },
+    ])
+}
+
+async fn throughput(stack: &TaskStack) -> Result<Vec<Row>> {
+    let count = setting("F3_TASKS", 60);
+    let mut proposals = Vec::new();
+    for _ in 0..count {
+        proposals.push(stack.proposal(true).await?);
+    }
+    let worker = stack.worker_pid()?;
+    let api = stack.api_pid()?;
+    let (worker_before, api_before) = (cpu_time(worker)?, cpu_time(api)?);
+    let start = Instant::now();
+    let mut ids = Vec::new();
+    for proposal in &proposals {
+        ids.push(stack.confirm(proposal).await?);
+    }
+    drive(stack, &ids).await?;
+    let elapsed = start.elapsed();
+    let worker_cpu = cpu_time(worker)?.saturating_sub(worker_before);
+    let api_cpu = cpu_time(api)?.saturating_sub(api_before);
+    let per_minute = count as f64 / elapsed.as_secs_f64() * 60.0;
+    let per_task = |d: Duration| d.as_secs_f64() * 1000.0 / count as f64;
+    Ok(vec![
+        Row {
+            id: "F3",
+            what: "tasks per minute through one worker (skip planning, to merged)".into(),
+            figure: per_minute,
+            unit: "tasks/min",
+            bound: Bound::AtLeast(300.0),
+            probe: None,
+            note: format!(
+                "{count} tasks started at once, {:.1} s; default MAINLOOP_MAX_JOBS (3); jobs are the \
+                 instant agent",
+                elapsed.as_secs_f64()
+            ),
+        },
+        Row {
+            id: "F9",
+            what: "worker CPU time per task".into(),
+            figure: per_task(worker_cpu),
+            unit: "CPU-ms",
+            bound: Bound::AtMost(150.0),
+            probe: None,
+            note: format!(
+                "during F3, worker process only (jobs are its children, not counted); the API \
+                 used {:.0} CPU-ms per task",
+                per_task(api_cpu)
+            ),
+        },
+    ])
+}
+
+async fn parked(stack: &TaskStack) -> Result<Vec<Row>> {
+    let count = setting("F4_TASKS", 200);
+    let resumes = setting("F5_ITERATIONS", 30).min(count);
+    let worker = stack.worker_pid()?;
+    let mut proposals = Vec::new();
+    for _ in 0..count {
+        proposals.push(stack.proposal(false).await?);
+    }
+    let before = rss_kib(worker)?;
+    let mut ids = Vec::new();
+    for proposal in &proposals {
+        ids.push(stack.confirm(proposal).await?);
+    }
+    let wanted: HashSet<&String> = ids.iter().collect();
+    stack
+        .wait_for(|| async {
+            let tasks = stack.store.list_tasks(&stack.user, None, 100_000).await?;
+            let waiting = tasks
+                .iter()
+                .filter(|t| wanted.contains(&t.id) && t.status == TaskStatus::WaitingPlanReview)
+                .count();
+            Ok((waiting == ids.len()).then_some(()))
+        })
+        .await?;
+    let after = rss_kib(worker)?;
+    let per_task_kib = after.saturating_sub(before) as f64 / count as f64;
+    let mut rows = vec![Row {
+        id: "F4",
+        what: "worker memory per task parked on a person".into(),
+        figure: per_task_kib,
+        unit: "KiB",
+        bound: Bound::AtMost(64.0),
+        probe: None,
+        note: format!(
+            "worker RSS {before} → {after} KiB with {count} tasks waiting for plan review"
+        ),
+    }];
+
+    // F5 on the parked tasks, one at a time, each followed to the next quiet point.
+    let after_id = stack.store.last_event_id().await?;
+    let mut events = SseClient::connect(
+        &format!("{}/api/events?after={after_id}", stack.base),
+        &[],
+        None,
+    )
+    .await?;
+    let mut samples = Vec::new();
+    let mut accepted = Vec::new();
+    for id in ids.iter().take(resumes) {
+        let start = Instant::now();
+        stack
+            .post(
+                &format!("/api/tasks/{id}/review-plan"),
+                json!({"action": "approve"}),
+            )
+            .await?;
+        accepted.push(start.elapsed());
+        events
+            .collect_until(WAIT, |e| {
+                e.event == "task.updated"
+                    && e.json().is_ok_and(|t| {
+                        t["id"] == id.as_str() && t["status"] != "waiting_plan_review"
+                    })
+            })
+            .await?;
+        samples.push(start.elapsed());
+        // To merged, so that no task of an earlier sample still polls its PR.
+        drive(stack, std::slice::from_ref(id)).await?;
+    }
+    let resumed = Stats::of(samples);
+    let accepted = Stats::of(accepted);
+    rows.push(Row {
+        id: "F5",
+        what: "plan approval posted → task workflow resumes (status on SSE), p50".into(),
+        figure: resumed.p50_ms,
+        unit: "ms",
+        bound: Bound::AtMost(15.0),
+        probe: Some(Probe::EchoUpdate),
+        note: format!(
+            "n={}, p99 {:.1} ms; of which the POST's 202 p50 {:.1} ms; API → outbox → signal \
+             → worker → store → SSE, PostgreSQL, {count} tasks parked",
+            resumed.n, resumed.p99_ms, accepted.p50_ms
+        ),
+    });
+    Ok(rows)
+}
