@@ -262,6 +262,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/tasks/{id}/budget": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["raise"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/tasks/{id}/cancel": {
         parameters: {
             query?: never;
@@ -378,11 +394,48 @@ export interface components {
              */
             temporal_ui_url?: string | null;
         };
+        /**
+         * @description New limits, or raises of the current ones; per limit one or the other. Limits not named
+         *     stay as they are.
+         */
+        BudgetBody: {
+            /**
+             * Format: int64
+             * @description CI fix jobs the task may run in all.
+             */
+            max_ci_attempts?: number | null;
+            /**
+             * Format: double
+             * @description US dollars the task may spend in all.
+             */
+            max_cost_usd?: number | null;
+            /**
+             * Format: int64
+             * @description Tokens (input, output and cache) the task may spend in all.
+             */
+            max_tokens?: number | null;
+            /**
+             * Format: int64
+             * @description Add this many CI fix attempts to the current limit.
+             */
+            raise_ci_attempts?: number | null;
+            /**
+             * Format: double
+             * @description Add this many dollars to the current limit.
+             */
+            raise_cost_usd?: number | null;
+            /**
+             * Format: int64
+             * @description Add this many tokens to the current limit.
+             */
+            raise_tokens?: number | null;
+        };
         CancelBody: {
             reason?: string | null;
         };
         /** @description Changes to a proposal made when confirming it; all optional. */
         ConfirmBody: {
+            budget?: components["schemas"]["TaskBudget"] | null;
             /** @description Model of the worker agents for this task. */
             model?: string | null;
             /** @description `owner/name` (or a GitHub URL) to run the task on instead of the proposed one. */
@@ -451,7 +504,7 @@ export interface components {
          * @description What kind of inbox item: the first four need the user.
          * @enum {string}
          */
-        InboxKind: "questions" | "plan_review" | "failed" | "ready_for_review" | "done";
+        InboxKind: "questions" | "plan_review" | "failed" | "ready_for_review" | "done" | "budget";
         Login: {
             /** @description The server's MAINLOOP_AUTH_TOKEN. */
             token: string;
@@ -576,6 +629,13 @@ export interface components {
         };
         Task: {
             branch?: string | null;
+            /** @description The task's limits, as its workflow enforces them. */
+            budget: components["schemas"]["TaskBudget"];
+            /**
+             * Format: int64
+             * @description CI fix jobs run over the whole task (what `budget.max_ci_attempts` limits).
+             */
+            ci_attempts: number;
             /**
              * Format: int64
              * @description CI fix jobs run in the current CI phase.
@@ -612,6 +672,21 @@ export interface components {
             title: string;
             /** Format: date-time */
             updated_at: string;
+        };
+        /**
+         * @description What one task may spend before it pauses and asks; `None`: no limit. Tokens count input,
+         *     output and cache tokens together, as `Cost` reports them.
+         */
+        TaskBudget: {
+            /**
+             * Format: int64
+             * @description CI fix jobs over the whole task.
+             */
+            max_ci_attempts?: number | null;
+            /** Format: double */
+            max_cost_usd?: number | null;
+            /** Format: int64 */
+            max_tokens?: number | null;
         };
         /** @description A task with its job runs. */
         TaskDetail: components["schemas"]["Task"] & {
@@ -692,7 +767,7 @@ export interface components {
          * @description Where a task is in its life (DESIGN §4).
          * @enum {string}
          */
-        TaskStatus: "pending" | "planning" | "waiting_questions" | "waiting_plan_review" | "implementing" | "ci" | "ready_for_review" | "addressing_feedback" | "merged" | "closed" | "failed" | "cancelled";
+        TaskStatus: "pending" | "planning" | "waiting_questions" | "waiting_plan_review" | "implementing" | "ci" | "ready_for_review" | "addressing_feedback" | "merged" | "closed" | "failed" | "cancelled" | "waiting_budget";
         /** @description `thread.notice`: something to know that is not a message. */
         ThreadNotice: {
             /** @description `info`, `warning` or `error`. */
@@ -1159,7 +1234,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description invalid_repo: missing, not visible or not pushable */
+            /** @description invalid_repo: missing, not visible or not pushable; invalid_budget */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1330,6 +1405,60 @@ export interface operations {
                 };
             };
             /** @description invalid_answers */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    raise: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Task id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BudgetBody"];
+            };
+        };
+        responses: {
+            /** @description Accepted; the task goes on from where it paused */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description conflict: the task is not waiting on its budget */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_budget: not a raise, out of range, or still no room for the task to go on */
             422: {
                 headers: {
                     [name: string]: unknown;
