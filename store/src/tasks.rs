@@ -151,7 +151,8 @@ pub struct Task {
     pub questions: Vec<TaskQuestion>,
     /// CI fix jobs run in the current CI phase.
     pub ci_fixes: i64,
-    /// CI fix jobs run over the whole task (what `budget.max_ci_attempts` limits).
+    /// CI fix jobs run over the task since it started or its failed CI phase was retried
+    /// (what `budget.max_ci_attempts` limits).
     pub ci_attempts: i64,
     pub cost: Cost,
     /// The task's limits, as its workflow enforces them.

@@ -127,7 +127,8 @@ pub struct Memory {
     /// What the task's jobs spent, from their results.
     #[serde(default)]
     pub spent: JobSpent,
-    /// CI fix jobs over the whole task (`ci_fixes` counts the current CI phase).
+    /// CI fix jobs over the task since it started or a failed CI phase was retried
+    /// (`ci_fixes` counts the current CI phase).
     #[serde(default)]
     pub ci_attempts: u32,
     /// Budget changes received: each ends a budget pause's wait.
@@ -1564,8 +1565,10 @@ async fn park(ctx: &Ctx, phase: Phase, error: String) -> bool {
                     ctx.state_mut(|s| {
                         s.mem.failure = None;
                         if phase == Phase::Ci {
-                            // A retried CI phase gets a fresh budget of fixes.
+                            // A retried CI phase gets a fresh budget of fixes: the user asked
+                            // for more, so the task's CI attempts start over too.
                             s.mem.ci_fixes = 0;
+                            s.mem.ci_attempts = 0;
                         }
                     });
                     return true;

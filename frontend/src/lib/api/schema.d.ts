@@ -633,7 +633,8 @@ export interface components {
             budget: components["schemas"]["TaskBudget"];
             /**
              * Format: int64
-             * @description CI fix jobs run over the whole task (what `budget.max_ci_attempts` limits).
+             * @description CI fix jobs run over the task since it started or its failed CI phase was retried
+             *     (what `budget.max_ci_attempts` limits).
              */
             ci_attempts: number;
             /**
