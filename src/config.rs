@@ -368,6 +368,16 @@ pub struct TaskArgs {
     /// Fix jobs per CI phase before the task fails.
     #[arg(long, env = "MAINLOOP_MAX_CI_FIXES", default_value_t = 5)]
     pub max_ci_fixes: u32,
+    /// Budget: model tokens (input, output and cache) a task may spend before it pauses and
+    /// asks in the inbox. Unset: no limit. A task may name its own when confirmed.
+    #[arg(long, env = "MAINLOOP_TASK_MAX_TOKENS")]
+    pub task_max_tokens: Option<u64>,
+    /// Budget: US dollars a task may spend before it pauses and asks. Unset: no limit.
+    #[arg(long, env = "MAINLOOP_TASK_MAX_COST_USD")]
+    pub task_max_cost_usd: Option<f64>,
+    /// Budget: CI fix jobs over a whole task before it pauses and asks; 0: no limit.
+    #[arg(long, env = "MAINLOOP_TASK_MAX_CI_ATTEMPTS", default_value_t = 5)]
+    pub task_max_ci_attempts: u32,
     /// First wait before reading CI again (doubles up to MAINLOOP_CI_POLL_MAX).
     #[arg(long, env = "MAINLOOP_CI_POLL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub ci_poll: Duration,

@@ -16,7 +16,7 @@ use mainloop_api::metrics::ApiMetrics;
 use mainloop_api::{
     ApiSettings, AppConfig, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink, WebAssets,
 };
-use mainloop_store::{Backend, Store, redact_url};
+use mainloop_store::{Backend, Store, TaskBudget, redact_url};
 use mainloop_workflows::TemporalSettings;
 use mainloop_workflows::worker::{self, Implementations, WorkerSettings};
 use tokio_util::sync::CancellationToken;
@@ -497,6 +497,14 @@ pub fn task_settings(tasks: &TaskArgs) -> TaskSettings {
             github_retry_initial_ms: millis(tasks.retry_initial),
             github_retry_max_ms: millis(tasks.retry_max),
             history_limit: tasks.task_history_limit,
+            budget: TaskBudget {
+                max_tokens: tasks
+                    .task_max_tokens
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                max_cost_usd: tasks.task_max_cost_usd.filter(|c| c.is_finite()),
+                max_ci_attempts: (tasks.task_max_ci_attempts > 0)
+                    .then_some(i64::from(tasks.task_max_ci_attempts)),
+            },
             ..TaskConfig::default()
         },
     }

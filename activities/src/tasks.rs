@@ -16,7 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use mainloop_agent::protocol::{AgentSpec, Answer, LogSource, Mode, Outcome};
 use mainloop_store::{
-    Cost, NewInboxItem, Store, StoreError, Task, TaskProjection, TaskQuestion, TaskQuestionOption,
+    Cost, NewInboxItem, Store, StoreError, Task, TaskBudget, TaskProjection, TaskQuestion,
+    TaskQuestionOption,
 };
 use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
@@ -40,7 +41,7 @@ pub mod failure_type {
 }
 
 /// The worker task workflow's settings, handed to it by `task.config` (a wire type).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskConfig {
     /// First wait before asking CI again; doubles up to `ci_poll_max_ms`.
     pub ci_poll_initial_ms: u64,
@@ -71,6 +72,9 @@ pub struct TaskConfig {
     pub job_activity_attempts: u32,
     /// Events after which a waiting task continues as new.
     pub history_limit: u32,
+    /// Limits of a task that names none of its own (resolved once, when the task starts).
+    #[serde(default)]
+    pub budget: TaskBudget,
 }
 
 impl Default for TaskConfig {
@@ -93,6 +97,11 @@ impl Default for TaskConfig {
             job_heartbeat_ms: 30_000,
             job_activity_attempts: 5,
             history_limit: 8_000,
+            budget: TaskBudget {
+                max_tokens: None,
+                max_cost_usd: None,
+                max_ci_attempts: Some(5),
+            },
         }
     }
 }
@@ -417,6 +426,16 @@ pub struct JobOutput {
     pub outcome: JobOutcome,
     /// First lines of the agent's summary.
     pub summary: String,
+    /// What the job spent, for the task's budget (absent in results of older workers).
+    #[serde(default)]
+    pub spent: Option<JobSpent>,
+}
+
+/// Tokens (input, output and cache together) and dollars one job spent.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct JobSpent {
+    pub tokens: i64,
+    pub cost_usd: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -1114,6 +1133,13 @@ impl TaskActivities {
         Ok(JobOutput {
             outcome,
             summary: result.summary.chars().take(2_000).collect(),
+            spent: Some(JobSpent {
+                tokens: cost
+                    .input_tokens
+                    .saturating_add(cost.output_tokens)
+                    .saturating_add(cost.cache_tokens),
+                cost_usd: cost.cost_usd,
+            }),
         })
     }
 

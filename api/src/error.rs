@@ -32,6 +32,8 @@ pub mod code {
     pub const INVALID_REPO: &str = "invalid_repo";
     /// Answers that do not match the questions waiting.
     pub const INVALID_ANSWERS: &str = "invalid_answers";
+    /// Budget limits out of range, or that leave a paused task no room to go on.
+    pub const INVALID_BUDGET: &str = "invalid_budget";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
     pub const TIMEOUT: &str = "timeout";
     pub const UNAVAILABLE: &str = "unavailable";

@@ -6,6 +6,7 @@
 //! and nothing is stored from a request that is refused.
 
 pub mod auth;
+mod budgets;
 pub mod config;
 pub mod error;
 mod events;
@@ -98,6 +99,7 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .route("/api/tasks/{id}/review-plan", post(tasks::review_plan))
         .route("/api/tasks/{id}/retry", post(tasks::retry))
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/api/tasks/{id}/budget", post(budgets::raise))
         .route("/api/inbox", get(tasks::inbox))
         .route("/api/inbox/read-all", post(tasks::read_all))
         .route("/api/inbox/{id}/read", post(tasks::read))

@@ -220,7 +220,7 @@ async fn deliver(
             .map_err(|e| Undeliverable::NotYet(anyhow!("{e}"))),
         // Human input for a task: the task exists once the main thread started it; until
         // then (a confirmation still in flight) the signal is retried like any other.
-        "answers" | "plan_review" | "retry" | "cancel" => {
+        "answers" | "plan_review" | "retry" | "cancel" | "budget" => {
             let handle = client.get_workflow_handle::<WorkerTaskWorkflow>(item.workflow_id.clone());
             let options = WorkflowSignalOptions::default();
             let sent = match item.signal.as_str() {
@@ -235,6 +235,11 @@ async fn deliver(
                         .await
                 }
                 "retry" => handle.signal(WorkerTaskWorkflow::retry, raw, options).await,
+                "budget" => {
+                    handle
+                        .signal(WorkerTaskWorkflow::budget, raw, options)
+                        .await
+                }
                 _ => {
                     handle
                         .signal(WorkerTaskWorkflow::cancel, raw, options)

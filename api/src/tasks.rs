@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use mainloop_activities::github::GitHubError;
 use mainloop_activities::repo::parse_repo;
 use mainloop_store::{
-    ConfirmOverrides, InboxItem, NewTaskInput, Project, Proposal, StoreError, Task,
+    ConfirmOverrides, InboxItem, NewTaskInput, Project, Proposal, StoreError, Task, TaskBudget,
     TaskInputRecord, TaskLogLine, TaskRun, TaskStatus,
 };
 use mainloop_workflows::main_thread_id;
@@ -34,6 +34,10 @@ pub struct ConfirmBody {
     /// Go straight to implementation.
     #[serde(default)]
     pub skip_planning: Option<bool>,
+    /// This task's limits instead of the worker's defaults (per limit; the rest keep the
+    /// defaults). Reaching one pauses the task and asks in the inbox.
+    #[serde(default)]
+    pub budget: Option<TaskBudget>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -50,7 +54,7 @@ pub struct Confirmed {
         (status = 202, body = Confirmed, description = "Confirmed; the task starts"),
         (status = 404, body = ErrorBody, description = "not_found"),
         (status = 409, body = ErrorBody, description = "conflict: already decided"),
-        (status = 422, body = ErrorBody, description = "invalid_repo: missing, not visible or not pushable"),
+        (status = 422, body = ErrorBody, description = "invalid_repo: missing, not visible or not pushable; invalid_budget"),
     )
 )]
 pub async fn confirm(
@@ -100,10 +104,25 @@ pub async fn confirm(
             ));
         }
     }
+    let budget = body.budget.unwrap_or_default();
+    if budget.max_tokens.is_some_and(|n| n <= 0)
+        || budget
+            .max_ci_attempts
+            .is_some_and(|n| !(1..=1_000).contains(&n))
+        || budget
+            .max_cost_usd
+            .is_some_and(|c| !c.is_finite() || c <= 0.0 || c > 1_000_000.0)
+    {
+        return Err(ApiError::unprocessable(
+            code::INVALID_BUDGET,
+            "budget limits must be positive (CI attempts at most 1000, cost at most 1000000)",
+        ));
+    }
     let overrides = ConfirmOverrides {
         repo: Some(repo),
         model: body.model,
         skip_planning: body.skip_planning,
+        budget,
     };
     let (proposal, task) = match state
         .store
@@ -444,7 +463,7 @@ pub async fn projects(
     Ok(Json(state.store.list_projects(&user, 50).await?))
 }
 
-async fn task_or_404(state: &AppState, user: &str, id: &str) -> ApiResult<Task> {
+pub(crate) async fn task_or_404(state: &AppState, user: &str, id: &str) -> ApiResult<Task> {
     match state.store.get_task(user, id).await {
         Ok(task) => Ok(task),
         Err(StoreError::NotFound) => Err(ApiError::not_found("task")),
@@ -452,14 +471,14 @@ async fn task_or_404(state: &AppState, user: &str, id: &str) -> ApiResult<Task> 
     }
 }
 
-fn not_now(task: &Task, wanted: &str) -> ApiError {
+pub(crate) fn not_now(task: &Task, wanted: &str) -> ApiError {
     ApiError::conflict(format!(
         "the task is {}, not {wanted}",
         task.status.as_str().replace('_', " ")
     ))
 }
 
-async fn accept(
+pub(crate) async fn accept(
     state: &AppState,
     user: &str,
     id: &str,
@@ -473,7 +492,7 @@ async fn accept(
     }
 }
 
-fn new_input_id() -> String {
+pub(crate) fn new_input_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 

@@ -32,8 +32,8 @@ pub use model::*;
 pub use proposals::{Decision, NewProposal, SIGNAL_PROPOSAL_DECISION};
 pub use tasks::{
     ConfirmOverrides, Cost, InboxItem, InboxKind, NewInboxItem, NewTaskInput, Project, Task,
-    TaskInputRecord, TaskLogLine, TaskProjection, TaskQuestion, TaskQuestionOption, TaskRun,
-    TaskStatus, task_workflow_id,
+    TaskBudget, TaskInputRecord, TaskLogLine, TaskProjection, TaskQuestion, TaskQuestionOption,
+    TaskRun, TaskStatus, task_workflow_id,
 };
 pub use webhooks::{SIGNAL_GITHUB, WebhookOutcome, WebhookTarget};
 

@@ -29,10 +29,13 @@ pub enum TaskStatus {
     Closed,
     Failed,
     Cancelled,
+    /// Paused: a budget limit (tokens, cost, CI fix attempts) was reached; waits for the
+    /// user to raise it or cancel.
+    WaitingBudget,
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 12] = [
+    pub const ALL: [TaskStatus; 13] = [
         TaskStatus::Pending,
         TaskStatus::Planning,
         TaskStatus::WaitingQuestions,
@@ -45,6 +48,7 @@ impl TaskStatus {
         TaskStatus::Closed,
         TaskStatus::Failed,
         TaskStatus::Cancelled,
+        TaskStatus::WaitingBudget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,7 @@ impl TaskStatus {
             TaskStatus::Closed => "closed",
             TaskStatus::Failed => "failed",
             TaskStatus::Cancelled => "cancelled",
+            TaskStatus::WaitingBudget => "waiting_budget",
         }
     }
 
@@ -94,6 +99,19 @@ pub struct TaskQuestionOption {
     pub label: String,
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// What one task may spend before it pauses and asks; `None`: no limit. Tokens count input,
+/// output and cache tokens together, as `Cost` reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskBudget {
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    /// CI fix jobs over the whole task.
+    #[serde(default)]
+    pub max_ci_attempts: Option<i64>,
 }
 
 /// Tokens and money a task or a turn consumed, as the model reported them.
@@ -133,7 +151,12 @@ pub struct Task {
     pub questions: Vec<TaskQuestion>,
     /// CI fix jobs run in the current CI phase.
     pub ci_fixes: i64,
+    /// CI fix jobs run over the task since it started or its failed CI phase was retried
+    /// (what `budget.max_ci_attempts` limits).
+    pub ci_attempts: i64,
     pub cost: Cost,
+    /// The task's limits, as its workflow enforces them.
+    pub budget: TaskBudget,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -154,6 +177,10 @@ pub struct TaskProjection {
     pub pr_url: Option<String>,
     pub questions: Vec<TaskQuestion>,
     pub ci_fixes: i64,
+    #[serde(default)]
+    pub ci_attempts: i64,
+    #[serde(default)]
+    pub budget: TaskBudget,
 }
 
 /// What kind of inbox item: the first four need the user.
@@ -165,6 +192,8 @@ pub enum InboxKind {
     Failed,
     ReadyForReview,
     Done,
+    /// A budget limit was reached: raise it or cancel the task.
+    Budget,
 }
 
 impl InboxKind {
@@ -175,6 +204,7 @@ impl InboxKind {
             InboxKind::Failed => "failed",
             InboxKind::ReadyForReview => "ready_for_review",
             InboxKind::Done => "done",
+            InboxKind::Budget => "budget",
         }
     }
 
@@ -185,6 +215,7 @@ impl InboxKind {
             InboxKind::Failed,
             InboxKind::ReadyForReview,
             InboxKind::Done,
+            InboxKind::Budget,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -248,6 +279,8 @@ pub struct ConfirmOverrides {
     pub repo: Option<String>,
     pub model: Option<String>,
     pub skip_planning: Option<bool>,
+    /// Limits of this task instead of the worker's defaults (per limit).
+    pub budget: TaskBudget,
 }
 
 /// Human input for a task, accepted by the API.
@@ -313,6 +346,10 @@ struct TaskRow {
     plan: Option<String>,
     questions: Option<String>,
     ci_fixes: i64,
+    ci_attempts: i64,
+    max_tokens: Option<i64>,
+    max_cost_usd: Option<f64>,
+    max_ci_attempts: Option<i64>,
     input_tokens: i64,
     output_tokens: i64,
     cache_tokens: i64,
@@ -324,8 +361,8 @@ struct TaskRow {
 
 const TASK_COLUMNS: &str = "id, proposal_id, title, description, repo, model, skip_planning, \
      status, detail, error, failed_phase, issue_number, issue_url, branch, pr_number, pr_url, \
-     plan, questions, ci_fixes, input_tokens, output_tokens, cache_tokens, cost_usd, created_at, \
-     updated_at, completed_at";
+     plan, questions, ci_fixes, ci_attempts, max_tokens, max_cost_usd, max_ci_attempts, \
+     input_tokens, output_tokens, cache_tokens, cost_usd, created_at, updated_at, completed_at";
 
 impl TaskRow {
     fn into_task(self) -> Result<Task> {
@@ -356,6 +393,12 @@ impl TaskRow {
             plan: self.plan,
             questions,
             ci_fixes: self.ci_fixes,
+            ci_attempts: self.ci_attempts,
+            budget: TaskBudget {
+                max_tokens: self.max_tokens,
+                max_cost_usd: self.max_cost_usd,
+                max_ci_attempts: self.max_ci_attempts,
+            },
             cost: Cost {
                 input_tokens: self.input_tokens,
                 output_tokens: self.output_tokens,
@@ -495,19 +538,23 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let task = select_task!(&mut *tx, user, id);
+            let mut decision = json!({
+                "proposal_id": id,
+                "decision": "confirmed",
+                "title": proposal.title,
+                "repo": proposal.repo,
+                "skip_planning": proposal.skip_planning,
+            });
+            // Only when set: a worker that predates budgets refuses unknown fields.
+            if overrides.budget != TaskBudget::default() {
+                decision["budget"] = json!(overrides.budget);
+            }
             insert_outbox!(
                 tx,
                 user,
                 workflow_id,
                 SIGNAL_PROPOSAL_DECISION,
-                &json!({
-                    "proposal_id": id,
-                    "decision": "confirmed",
-                    "title": proposal.title,
-                    "repo": proposal.repo,
-                    "skip_planning": proposal.skip_planning,
-                })
-                .to_string(),
+                &decision.to_string(),
                 at
             );
             insert_events!(
@@ -604,7 +651,8 @@ impl Store {
                 "UPDATE tasks SET status = $1, detail = $2, error = $3, failed_phase = $4, \
                  issue_number = $5, issue_url = $6, branch = $7, pr_number = $8, pr_url = $9, \
                  questions = $10, ci_fixes = $11, updated_at = $12, completed_at = $13, \
-                 pending_input = CASE WHEN $16 THEN NULL ELSE pending_input END \
+                 pending_input = CASE WHEN $16 THEN NULL ELSE pending_input END, \
+                 ci_attempts = $17, max_tokens = $18, max_cost_usd = $19, max_ci_attempts = $20 \
                  WHERE id = $14 AND user_id = $15",
             )
             .bind(status.as_str())
@@ -624,6 +672,10 @@ impl Store {
             .bind(user)
             // A new status means the task acted on (or moved past) the input it was given.
             .bind(status != before.status)
+            .bind(projection.ci_attempts)
+            .bind(projection.budget.max_tokens)
+            .bind(projection.budget.max_cost_usd)
+            .bind(projection.budget.max_ci_attempts)
             .execute(&mut *tx)
             .await?;
             let task = select_task!(&mut *tx, user, id);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use mainloop_store::{
     ConfirmOverrides, Cost, Decision, InboxKind, MessageKind, MessageStatus, NewEvent,
-    NewInboxItem, NewProposal, NewTaskInput, ProposalStatus, Role, Store, StoreError,
+    NewInboxItem, NewProposal, NewTaskInput, ProposalStatus, Role, Store, StoreError, TaskBudget,
     TaskProjection, TaskStatus, Usage, event_kind,
 };
 use mainloop_testkit::postgres::PgServer;
@@ -724,6 +724,7 @@ async fn confirming_a_proposal_creates_its_task_once(store: &Store) -> Result<()
         repo: Some("acme/app".into()),
         model: Some("claude-opus-4-1".into()),
         skip_planning: Some(true),
+        budget: TaskBudget::default(),
     };
     let (proposal, task) = store
         .confirm_proposal("alice", "p1", &overrides, WF)
@@ -833,6 +834,12 @@ async fn task_records_resolve_and_raise_inbox_items_once(store: &Store) -> Resul
         status: Some(TaskStatus::WaitingPlanReview),
         detail: "plan ready".into(),
         issue_number: Some(12),
+        ci_attempts: 2,
+        budget: TaskBudget {
+            max_tokens: Some(50_000),
+            max_cost_usd: Some(2.5),
+            max_ci_attempts: None,
+        },
         ..TaskProjection::default()
     };
     let recorded = store
@@ -840,6 +847,8 @@ async fn task_records_resolve_and_raise_inbox_items_once(store: &Store) -> Resul
         .await?;
     assert_eq!(recorded.status, TaskStatus::WaitingPlanReview);
     assert_eq!(recorded.issue_number, Some(12));
+    assert_eq!(recorded.ci_attempts, 2);
+    assert_eq!(recorded.budget, projection.budget);
     // Recording the same thing twice (a retried activity) keeps one item and one event.
     let before = store.last_event_id().await?;
     store

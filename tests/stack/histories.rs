@@ -371,3 +371,24 @@ pub(crate) async fn wait_for_timer(stack: &Stack, workflow_id: &str) -> Result<(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A task paused on its token budget right after the plan job, raised through the API, then
+/// carried on to a merge: the budget path, behind its `task-budgets` patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_paused_on_budget_and_raised() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    let id = ts
+        .confirmed_task(json!({ "budget": {"max_tokens": 1} }))
+        .await?;
+    ts.wait_status(&id, TaskStatus::WaitingBudget).await?;
+    post_task_input(&ts, &id, "budget", json!({"max_tokens": 10_000_000})).await?;
+    approve_plan(&ts, &id).await?;
+    let ready = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    let pr = ready.pr_number.context("PR")? as u64;
+    ts.github.merge_pr(REPO, pr).await?;
+    ts.wait_status(&id, TaskStatus::Merged).await?;
+    let workflow = format!("task/{id}");
+    wait_closed(&ts.stack, &workflow).await?;
+    keep_workflow(&ts.stack, &workflow, "task", "paused_on_budget_and_raised").await
+}

@@ -1,6 +1,7 @@
 //! Whole-system tests: the `mainloop` binary against a real Temporal dev server and a real
 //! PostgreSQL, with only the Anthropic API faked at its wire.
 
+mod budgets;
 mod chat;
 mod counters;
 mod dev;

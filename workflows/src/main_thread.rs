@@ -76,7 +76,7 @@ pub struct MessageSignal {
 }
 
 /// Payload of the `proposal_decision` signal.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProposalDecisionSignal {
     pub proposal_id: String,
@@ -89,6 +89,9 @@ pub struct ProposalDecisionSignal {
     pub repo: Option<String>,
     #[serde(default)]
     pub skip_planning: Option<bool>,
+    /// Limits the user set for the task (the rest are the worker's defaults).
+    #[serde(default)]
+    pub budget: Option<mainloop_store::TaskBudget>,
 }
 
 /// Payload of the `task_event` signal: a task tells the thread something worth a line.
@@ -498,6 +501,7 @@ async fn start_task(
         repo: decision.repo.unwrap_or_default(),
         skip_planning: decision.skip_planning.unwrap_or(false),
         resume: None,
+        budget: decision.budget,
     };
     let options = ChildWorkflowOptions::builder()
         .workflow_id(task_workflow_id(&task_id))

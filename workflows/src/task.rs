@@ -20,12 +20,14 @@ use mainloop_activities::chat::ActivityTiming;
 use mainloop_activities::task_text::{self, LedgerEntry};
 use mainloop_activities::tasks::{
     CheckInput, CiVerdict, CloseInput, CommentBody, CommentInfo, CommentInput, GitHubReply,
-    HumanWait, IssueBodyInput, IssueInfo, JobInput, JobOutcome, JobOutput, PollHumanInput, PrState,
-    PullInfo, PullInput, ReadyInput, RecordInput, RepoInfo, ReviewPollInput, StopJobInput,
-    TaskActivities, TaskConfig, TaskRef,
+    HumanWait, IssueBodyInput, IssueInfo, JobInput, JobOutcome, JobOutput, JobSpent,
+    PollHumanInput, PrState, PullInfo, PullInput, ReadyInput, RecordInput, RepoInfo,
+    ReviewPollInput, StopJobInput, TaskActivities, TaskConfig, TaskRef,
 };
 use mainloop_agent::protocol::{Answer, Mode};
-use mainloop_store::{InboxKind, NewInboxItem, TaskProjection, TaskQuestion, TaskStatus};
+use mainloop_store::{
+    InboxKind, NewInboxItem, TaskBudget, TaskProjection, TaskQuestion, TaskStatus,
+};
 use serde::{Deserialize, Serialize};
 use temporalio_common::data_converters::RawValue;
 use temporalio_macros::{workflow, workflow_methods};
@@ -43,6 +45,8 @@ use crate::{
     SEARCH_ATTRIBUTE_REPO, SEARCH_ATTRIBUTE_TASK_STATUS, SEARCH_ATTRIBUTE_USER, main_thread_id,
 };
 
+mod budget;
+
 /// Input ids remembered for de-duplication.
 const SEEN_WINDOW: usize = 256;
 
@@ -58,6 +62,10 @@ pub struct TaskInput {
     pub skip_planning: bool,
     #[serde(default)]
     pub resume: Option<Memory>,
+    /// Limits the user set for this task when confirming it; the rest come from the worker's
+    /// defaults when the task starts.
+    #[serde(default)]
+    pub budget: Option<TaskBudget>,
 }
 
 /// Where the task is; each phase can be run again by `retry`.
@@ -113,6 +121,19 @@ pub struct Memory {
     pub seen: Vec<String>,
     pub pending: Vec<Inbound>,
     pub cancel: Option<String>,
+    /// The task's limits; none: budgets are off (a task started before they existed).
+    #[serde(default)]
+    pub budget: Option<TaskBudget>,
+    /// What the task's jobs spent, from their results.
+    #[serde(default)]
+    pub spent: JobSpent,
+    /// CI fix jobs over the task since it started or a failed CI phase was retried
+    /// (`ci_fixes` counts the current CI phase).
+    #[serde(default)]
+    pub ci_attempts: u32,
+    /// Budget changes received: each ends a budget pause's wait.
+    #[serde(default)]
+    pub budget_changes: u32,
 }
 
 /// Payload of `answers`.
@@ -164,6 +185,13 @@ pub struct TaskState {
     pub jobs: u32,
     pub error: Option<String>,
     pub pending_inputs: usize,
+    /// The task's limits (none: budgets off) and what it spent of them.
+    #[serde(default)]
+    pub budget: Option<TaskBudget>,
+    #[serde(default)]
+    pub spent: JobSpent,
+    #[serde(default)]
+    pub ci_attempts: u32,
 }
 
 /// A decision taken from the signals (or GitHub) while waiting.
@@ -182,6 +210,7 @@ pub struct WorkerTaskWorkflow {
     title: String,
     repo_name: String,
     skip_planning: bool,
+    budget_override: Option<TaskBudget>,
     mem: Memory,
     inbox: VecDeque<Inbound>,
     /// GitHub webhook deliveries about this task so far (in this run): each wakes a wait
@@ -214,6 +243,7 @@ impl WorkerTaskWorkflow {
             title: input.title,
             repo_name: input.repo,
             skip_planning: input.skip_planning,
+            budget_override: input.budget,
             mem: Memory {
                 pending: Vec::new(),
                 ..mem
@@ -241,6 +271,12 @@ impl WorkerTaskWorkflow {
             .execute_local_activity(TaskActivities::config, (), local())
             .await
             .unwrap_or_default();
+        // Resolved once per task (and carried across continue-as-new), so later changes to the
+        // worker's defaults leave a running task's limits alone.
+        if ctx.state(|s| s.mem.budget.is_none()) && ctx.patched(budget::PATCH) {
+            let limits = budget::resolve(ctx.state(|s| s.budget_override), &config.budget);
+            ctx.state_mut(|s| s.mem.budget = Some(limits));
+        }
         loop {
             if let Some(reason) = ctx.state(|s| s.mem.cancel.clone()) {
                 cancel(ctx, &config, &reason).await;
@@ -316,6 +352,22 @@ impl WorkerTaskWorkflow {
         }
     }
 
+    /// New limits for the task (the API sends them whole): a task paused on its budget goes
+    /// on if they leave room. An invalid payload changes nothing.
+    #[signal(name = "budget")]
+    pub fn budget(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
+        match budget::parse(&Inbound::received("budget", &payload)) {
+            Ok((id, limits)) => {
+                if !self.mem.seen.contains(&id) {
+                    remember_id(&mut self.mem, id);
+                    self.mem.budget = Some(limits);
+                    self.mem.budget_changes += 1;
+                }
+            }
+            Err(reason) => tracing::warn!(%reason, "ignored an invalid budget signal"),
+        }
+    }
+
     /// Something happened on GitHub (from a webhook delivery): look now rather than at the
     /// next poll. The payload is not needed; polling reads what happened.
     #[signal(name = "github")]
@@ -337,6 +389,9 @@ impl WorkerTaskWorkflow {
             jobs: self.mem.jobs,
             error: self.mem.failure.as_ref().map(|f| f.error.clone()),
             pending_inputs: self.inbox.len(),
+            budget: self.mem.budget,
+            spent: self.mem.spent,
+            ci_attempts: self.mem.ci_attempts,
         }
     }
 }
@@ -506,6 +561,8 @@ async fn record(ctx: &Ctx, status: TaskStatus, detail: &str, raise: Option<NewIn
                 Vec::new()
             },
             ci_fixes: i64::from(s.mem.ci_fixes),
+            ci_attempts: i64::from(s.mem.ci_attempts),
+            budget: s.mem.budget.unwrap_or_default(),
         }
     });
     let current = ctx.search_attributes().get(&SEARCH_ATTRIBUTE_TASK_STATUS);
@@ -695,6 +752,7 @@ async fn job(
         .collect::<String>()
         .to_lowercase();
     for _ in 0..config.job_attempts.max(1) {
+        budget::within(ctx, false).await?;
         let input = ctx.state_mut(|s| {
             s.mem.jobs += 1;
             let id8: String = s
@@ -746,15 +804,28 @@ async fn job(
                 stop_job(ctx, config, &name).await;
                 return Err(Step::Cancel(cancel_reason(ctx)));
             }
-            Some(Ok(output)) => match &output.outcome {
-                JobOutcome::Failed { error, retryable } => {
-                    last_error = error.clone();
-                    if !retryable {
-                        break;
+            Some(Ok(output)) => {
+                if let Some(spent) = output.spent {
+                    ctx.state_mut(|s| {
+                        s.mem.spent.tokens = s.mem.spent.tokens.saturating_add(spent.tokens);
+                        s.mem.spent.cost_usd += spent.cost_usd;
+                    });
+                }
+                match &output.outcome {
+                    JobOutcome::Failed { error, retryable } => {
+                        last_error = error.clone();
+                        if !retryable {
+                            break;
+                        }
+                    }
+                    // A job that spent past a limit pauses the task right after it, before
+                    // anything builds on its work.
+                    _ => {
+                        budget::within(ctx, false).await?;
+                        return Ok(output);
                     }
                 }
-                _ => return Ok(output),
-            },
+            }
             Some(Err(error)) => {
                 return Err(Step::Fail(failed(
                     &format!("the {} job failed", mode.as_str()),
@@ -1303,7 +1374,11 @@ async fn ci(ctx: &Ctx, config: &TaskConfig) -> Step {
                 report.failed.join(", ")
             ));
         }
-        ctx.state_mut(|s| s.mem.ci_fixes += 1);
+        tryit!(budget::within(ctx, true).await);
+        ctx.state_mut(|s| {
+            s.mem.ci_fixes += 1;
+            s.mem.ci_attempts += 1;
+        });
         let attempt = fixes + 1;
         record(
             ctx,
@@ -1500,8 +1575,10 @@ async fn park(ctx: &Ctx, phase: Phase, error: String) -> bool {
                     ctx.state_mut(|s| {
                         s.mem.failure = None;
                         if phase == Phase::Ci {
-                            // A retried CI phase gets a fresh budget of fixes.
+                            // A retried CI phase gets a fresh budget of fixes: the user asked
+                            // for more, so the task's CI attempts start over too.
                             s.mem.ci_fixes = 0;
+                            s.mem.ci_attempts = 0;
                         }
                     });
                     return true;
@@ -1616,6 +1693,7 @@ fn continue_as_new(ctx: &Ctx) -> WorkflowResult<()> {
         title: s.title.clone(),
         repo: s.repo_name.clone(),
         skip_planning: s.skip_planning,
+        budget: s.budget_override,
         resume: Some(Memory {
             pending: s.inbox.iter().cloned().collect(),
             ..s.mem.clone()

@@ -37,6 +37,8 @@ function task(id: string, status: Task['status'], hoursAgo: number): Task {
 		detail: '',
 		questions: [],
 		ci_fixes: 0,
+		ci_attempts: 0,
+		budget: {},
 		cost: { input_tokens: 0, output_tokens: 0, cache_tokens: 0, cost_usd: 0 },
 		created_at: at(hoursAgo),
 		updated_at: at(hoursAgo)
@@ -44,9 +46,10 @@ function task(id: string, status: Task['status'], hoursAgo: number): Task {
 }
 
 describe('groupInbox', () => {
-	it('puts what needs you first: questions, plans, failures, then PRs, newest first', () => {
+	it('puts what needs you first: questions, plans, budgets, failures, then PRs, newest first', () => {
 		const items = [
 			item('pr', 'ready_for_review', 1),
+			item('budget', 'budget', 7),
 			item('failed-old', 'failed', 9),
 			item('plan', 'plan_review', 5),
 			item('failed-new', 'failed', 2),
@@ -57,6 +60,7 @@ describe('groupInbox', () => {
 		expect(groups.needsYou.map((i) => i.id)).toEqual([
 			'q',
 			'plan',
+			'budget',
 			'failed-new',
 			'failed-old',
 			'pr'

@@ -1,9 +1,15 @@
 // How the inbox is grouped and ordered: what needs you first (questions and plan reviews
-// before failures before PRs ready, newest first within each), then the tasks at work, then
+// before budgets reached before failures before PRs ready, newest first within each), then the tasks at work, then
 // what finished recently, then the rest as history.
 import type { InboxItem, InboxKind, Task, TaskStatus } from './api/types';
 
-export const NEEDS_YOU: InboxKind[] = ['questions', 'plan_review', 'failed', 'ready_for_review'];
+export const NEEDS_YOU: InboxKind[] = [
+	'questions',
+	'plan_review',
+	'budget',
+	'failed',
+	'ready_for_review'
+];
 
 /** Statuses in which a task is busy on its own, with nothing asked of the user. */
 export const WORKING: TaskStatus[] = [

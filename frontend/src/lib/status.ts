@@ -1,5 +1,5 @@
 // What each task status is called and how it looks.
-import type { InboxKind, TaskStatus } from './api/types';
+import type { InboxKind, Task, TaskStatus } from './api/types';
 
 export type Tone = 'neutral' | 'active' | 'attention' | 'danger' | 'success';
 
@@ -15,7 +15,8 @@ export const STATUS: Record<TaskStatus, { label: string; tone: Tone }> = {
 	merged: { label: 'Merged', tone: 'success' },
 	closed: { label: 'Closed', tone: 'neutral' },
 	failed: { label: 'Failed', tone: 'danger' },
-	cancelled: { label: 'Cancelled', tone: 'neutral' }
+	cancelled: { label: 'Cancelled', tone: 'neutral' },
+	waiting_budget: { label: 'Budget reached', tone: 'attention' }
 };
 
 export const INBOX_KIND: Record<InboxKind, { label: string; tone: Tone }> = {
@@ -23,7 +24,8 @@ export const INBOX_KIND: Record<InboxKind, { label: string; tone: Tone }> = {
 	plan_review: { label: 'Plan review', tone: 'attention' },
 	failed: { label: 'Failed', tone: 'danger' },
 	ready_for_review: { label: 'PR ready', tone: 'success' },
-	done: { label: 'Done', tone: 'neutral' }
+	done: { label: 'Done', tone: 'neutral' },
+	budget: { label: 'Budget', tone: 'attention' }
 };
 
 export const TONE_CLASSES: Record<Tone, string> = {
@@ -41,3 +43,46 @@ export function isOver(status: TaskStatus): boolean {
 
 /** CI fix jobs per CI phase before a task fails (MAINLOOP_MAX_CI_FIXES, default 5). */
 export const MAX_CI_FIXES = 5;
+
+/** Tokens a task has spent, counted as its budget counts them. */
+export function spentTokens(task: Task): number {
+	return task.cost.input_tokens + task.cost.output_tokens + task.cost.cache_tokens;
+}
+
+/** One line of a task's budget: what it spent of what it may. */
+export interface BudgetLine {
+	key: 'tokens' | 'cost' | 'ci';
+	label: string;
+	spent: number;
+	limit: number | null;
+	/** The limit is reached: the task pauses (CI attempts: before its next fix). */
+	reached: boolean;
+}
+
+export function budgetLines(task: Task): BudgetLine[] {
+	const b = task.budget;
+	const tokens = spentTokens(task);
+	return [
+		{
+			key: 'tokens',
+			label: 'Tokens',
+			spent: tokens,
+			limit: b.max_tokens ?? null,
+			reached: b.max_tokens != null && tokens >= b.max_tokens
+		},
+		{
+			key: 'cost',
+			label: 'Cost',
+			spent: task.cost.cost_usd,
+			limit: b.max_cost_usd ?? null,
+			reached: b.max_cost_usd != null && task.cost.cost_usd >= b.max_cost_usd
+		},
+		{
+			key: 'ci',
+			label: 'CI fix attempts',
+			spent: task.ci_attempts,
+			limit: b.max_ci_attempts ?? null,
+			reached: b.max_ci_attempts != null && task.ci_attempts >= b.max_ci_attempts
+		}
+	];
+}

@@ -10,6 +10,7 @@ import type {
 	Project,
 	Proposal,
 	ReviewBody,
+	BudgetBody,
 	SessionInfo,
 	Task,
 	TaskDetail,
@@ -106,6 +107,7 @@ export const api = {
 	reviewPlan: (task: string, review: ReviewBody) =>
 		post<Task>(`/api/tasks/${id(task)}/review-plan`, review),
 	retry: (task: string) => post<Task>(`/api/tasks/${id(task)}/retry`),
+	budget: (task: string, body: BudgetBody) => post<Task>(`/api/tasks/${id(task)}/budget`, body),
 	cancel: (task: string, reason?: string) =>
 		post<Task>(`/api/tasks/${id(task)}/cancel`, reason ? { reason } : {}),
 

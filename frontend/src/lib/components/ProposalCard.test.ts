@@ -25,6 +25,8 @@ const task = {
 	detail: '',
 	questions: [],
 	ci_fixes: 0,
+	ci_attempts: 0,
+	budget: {},
 	cost: { input_tokens: 0, output_tokens: 0, cache_tokens: 0, cost_usd: 0 },
 	created_at: '2025-01-01T00:00:00Z',
 	updated_at: '2025-01-01T00:00:00Z'

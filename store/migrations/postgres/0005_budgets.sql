@@ -1,0 +1,6 @@
+-- Per-task budgets: the limits the task's workflow enforces (NULL: no limit), and the CI fix
+-- jobs it ran over its whole life (ci_fixes counts only the current CI phase).
+ALTER TABLE tasks ADD COLUMN max_tokens BIGINT;
+ALTER TABLE tasks ADD COLUMN max_cost_usd DOUBLE PRECISION;
+ALTER TABLE tasks ADD COLUMN max_ci_attempts BIGINT;
+ALTER TABLE tasks ADD COLUMN ci_attempts BIGINT NOT NULL DEFAULT 0;
