@@ -12,9 +12,12 @@ use mainloop_activities::chat::{ActivityTiming, ChatSettings, ThreadConfig};
 use mainloop_activities::chat_cli::{ClaudeCli, ClaudeCliSettings};
 use mainloop_activities::metrics::ActivityMetrics;
 use mainloop_activities::{ChatActivities, ChatBackend};
+use mainloop_api::cloudflare::{Access, CloudflareSettings};
 use mainloop_api::metrics::ApiMetrics;
+use mainloop_api::ratelimit::Clock;
 use mainloop_api::{
-    ApiSettings, AppConfig, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink, WebAssets,
+    ApiSettings, AppConfig, AppState, AuthConfig, AuthMode, RateLimitSettings, RelaySettings,
+    TemporalLink, WebAssets,
 };
 use mainloop_store::{Backend, Store, redact_url};
 use mainloop_workflows::TemporalSettings;
@@ -201,6 +204,22 @@ pub fn api_settings(api: &ApiArgs, queue: &QueueArgs) -> Result<ApiSettings> {
                     .clone()
                     .context("MAINLOOP_AUTH=token needs MAINLOOP_AUTH_TOKEN")?,
             },
+            AuthArg::Tailscale => AuthMode::Tailscale {
+                proxies: api.tailscale_proxy.clone(),
+            },
+            AuthArg::Cloudflare => {
+                let settings = CloudflareSettings {
+                    team_domain: api.cloudflare_team_domain.clone().context(
+                        "MAINLOOP_AUTH=cloudflare needs MAINLOOP_CLOUDFLARE_TEAM_DOMAIN",
+                    )?,
+                    audience: api.cloudflare_aud.clone().unwrap_or_default(),
+                    certs_url: api.cloudflare_certs_url.clone(),
+                    refetch_interval: Duration::from_secs(10),
+                };
+                AuthMode::Cloudflare(Arc::new(
+                    Access::new(&settings).map_err(anyhow::Error::msg)?,
+                ))
+            }
         },
         user: api.user.clone(),
         session_ttl: api.session_ttl,
@@ -235,6 +254,11 @@ pub fn api_settings(api: &ApiArgs, queue: &QueueArgs) -> Result<ApiSettings> {
         web: WebAssets::Built,
         // The caller registers them in its registry.
         metrics: None,
+        rate_limit: RateLimitSettings {
+            per_minute: api.rate_limit_per_minute,
+            burst: api.rate_limit_burst,
+            clock: Clock::system(),
+        },
     })
 }
 

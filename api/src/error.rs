@@ -31,6 +31,8 @@ pub mod code {
     /// Answers that do not match the questions waiting.
     pub const INVALID_ANSWERS: &str = "invalid_answers";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+    /// The caller's request budget is spent; `Retry-After` says when to come back.
+    pub const RATE_LIMITED: &str = "rate_limited";
     pub const TIMEOUT: &str = "timeout";
     pub const UNAVAILABLE: &str = "unavailable";
     pub const INTERNAL: &str = "internal";
