@@ -682,4 +682,42 @@ mod tests {
             ChatBackend::NotConfigured
         ));
     }
+
+    fn serve_settings(flags: &[&str]) -> Result<ApiSettings> {
+        let cli = Cli::try_parse_from(["mainloop", "serve"].iter().chain(flags).copied())?;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        api_settings(&args.api, &args.queue)
+    }
+
+    #[test]
+    fn proxy_auth_modes_are_wired_and_refuse_unsafe_settings() {
+        let tailscale = ["--auth", "tailscale"];
+        let settings = serve_settings(&tailscale).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(settings.auth.mode.name(), "tailscale");
+        let public = ["--auth", "tailscale", "--listen", "0.0.0.0:8080"];
+        let error = serve_settings(&public).err().map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("MAINLOOP_TAILSCALE_PROXY")),
+            "{error:?}"
+        );
+        let named = [&public[..], &["--tailscale-proxy", "100.64.0.1,fd7a::1"]].concat();
+        assert!(serve_settings(&named).is_ok());
+
+        let cloudflare = ["--auth", "cloudflare"];
+        assert!(serve_settings(&cloudflare).is_err(), "needs a team domain");
+        let no_aud = [
+            &cloudflare[..],
+            &["--cloudflare-team-domain", "t.cloudflareaccess.com"],
+        ]
+        .concat();
+        assert!(serve_settings(&no_aud).is_err(), "needs an audience");
+        let full = [&no_aud[..], &["--cloudflare-aud", "tag"]].concat();
+        let settings = serve_settings(&full).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(settings.auth.mode.name(), "cloudflare");
+        assert_eq!(settings.rate_limit.per_minute, 600);
+    }
 }

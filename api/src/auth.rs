@@ -285,13 +285,13 @@ pub async fn require_user(
         Ok(user) => user,
         Err(refused) => {
             // Guessing credentials costs the guesser's address.
-            if let Err(limited) = limiter.check(ratelimit::peer_caller(peer)) {
+            if let Some(limited) = limiter.refusal(ratelimit::peer_caller(peer)) {
                 return Ok(limited);
             }
             return Err(refused);
         }
     };
-    if let Err(limited) = limiter.check(Caller::User(user.clone())) {
+    if let Some(limited) = limiter.refusal(Caller::User(user.clone())) {
         return Ok(limited);
     }
     request.extensions_mut().insert(User(user));

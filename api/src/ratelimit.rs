@@ -140,9 +140,9 @@ impl RateLimiter {
         }
     }
 
-    /// `Ok` or the `429` to answer.
-    pub fn check(&self, caller: Caller) -> Result<(), Response> {
-        self.take(caller).map_err(too_many)
+    /// Takes one request, or gives the `429` to answer instead.
+    pub fn refusal(&self, caller: Caller) -> Option<Response> {
+        self.take(caller).err().map(too_many)
     }
 }
 
@@ -185,9 +185,9 @@ pub async fn by_peer(
     request: Request,
     next: Next,
 ) -> Response {
-    match limiter.check(peer_caller(peer(&request))) {
-        Ok(()) => next.run(request).await,
-        Err(refused) => refused,
+    match limiter.refusal(peer_caller(peer(&request))) {
+        None => next.run(request).await,
+        Some(refused) => refused,
     }
 }
 
