@@ -1,7 +1,7 @@
 //! Command line and environment: every setting is a flag with an environment variable and a
 //! default, documented here (and in the README's configuration table).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -182,15 +182,36 @@ pub struct ApiArgs {
     /// Address the HTTP API listens on.
     #[arg(long, env = "MAINLOOP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// How callers authenticate: `none` (only on loopback) or `token`.
+    /// How callers authenticate: `none` (only on loopback), `token`, `tailscale` (behind
+    /// `tailscale serve`) or `cloudflare` (behind Cloudflare Access).
     #[arg(long, env = "MAINLOOP_AUTH", value_enum, default_value = "none")]
     pub auth: AuthArg,
     /// The secret for `token` auth (at least 16 characters).
     #[arg(long, env = "MAINLOOP_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
-    /// The user id every authenticated request acts as.
+    /// The user id every authenticated request acts as (`none` and `token` auth).
     #[arg(long, env = "MAINLOOP_USER", default_value = "me")]
     pub user: String,
+    /// Addresses `tailscale` auth believes identity headers from (comma-separated); default
+    /// loopback only.
+    #[arg(long, env = "MAINLOOP_TAILSCALE_PROXY", value_delimiter = ',')]
+    pub tailscale_proxy: Vec<IpAddr>,
+    /// `<team>.cloudflareaccess.com`: the issuer of the Access tokens `cloudflare` auth takes.
+    #[arg(long, env = "MAINLOOP_CLOUDFLARE_TEAM_DOMAIN")]
+    pub cloudflare_team_domain: Option<String>,
+    /// The Access application's audience (AUD) tag.
+    #[arg(long, env = "MAINLOOP_CLOUDFLARE_AUD")]
+    pub cloudflare_aud: Option<String>,
+    /// Where Access's signing keys are; default `https://<team domain>/cdn-cgi/access/certs`.
+    #[arg(long, env = "MAINLOOP_CLOUDFLARE_CERTS_URL")]
+    pub cloudflare_certs_url: Option<String>,
+    /// Requests per minute each user (or, before logging in, each address) may make on
+    /// average; 0 turns rate limits off.
+    #[arg(long, env = "MAINLOOP_RATE_LIMIT_PER_MINUTE", default_value_t = 600)]
+    pub rate_limit_per_minute: u32,
+    /// Requests a user may make at once after being idle.
+    #[arg(long, env = "MAINLOOP_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
     /// Lifetime of a login session.
     #[arg(long, env = "MAINLOOP_SESSION_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
@@ -231,6 +252,8 @@ pub struct QueueArgs {
 pub enum AuthArg {
     None,
     Token,
+    Tailscale,
+    Cloudflare,
 }
 
 #[derive(Debug, Args)]

@@ -12,9 +12,12 @@ use mainloop_activities::chat::{ActivityTiming, ChatSettings, ThreadConfig};
 use mainloop_activities::chat_cli::{ClaudeCli, ClaudeCliSettings};
 use mainloop_activities::metrics::ActivityMetrics;
 use mainloop_activities::{ChatActivities, ChatBackend};
+use mainloop_api::cloudflare::{Access, CloudflareSettings};
 use mainloop_api::metrics::ApiMetrics;
+use mainloop_api::ratelimit::Clock;
 use mainloop_api::{
-    ApiSettings, AppConfig, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink, WebAssets,
+    ApiSettings, AppConfig, AppState, AuthConfig, AuthMode, RateLimitSettings, RelaySettings,
+    TemporalLink, WebAssets,
 };
 use mainloop_store::{Backend, Store, TaskBudget, redact_url};
 use mainloop_workflows::TemporalSettings;
@@ -201,6 +204,22 @@ pub fn api_settings(api: &ApiArgs, queue: &QueueArgs) -> Result<ApiSettings> {
                     .clone()
                     .context("MAINLOOP_AUTH=token needs MAINLOOP_AUTH_TOKEN")?,
             },
+            AuthArg::Tailscale => AuthMode::Tailscale {
+                proxies: api.tailscale_proxy.clone(),
+            },
+            AuthArg::Cloudflare => {
+                let settings = CloudflareSettings {
+                    team_domain: api.cloudflare_team_domain.clone().context(
+                        "MAINLOOP_AUTH=cloudflare needs MAINLOOP_CLOUDFLARE_TEAM_DOMAIN",
+                    )?,
+                    audience: api.cloudflare_aud.clone().unwrap_or_default(),
+                    certs_url: api.cloudflare_certs_url.clone(),
+                    refetch_interval: Duration::from_secs(10),
+                };
+                AuthMode::Cloudflare(Arc::new(
+                    Access::new(&settings).map_err(anyhow::Error::msg)?,
+                ))
+            }
         },
         user: api.user.clone(),
         session_ttl: api.session_ttl,
@@ -237,6 +256,11 @@ pub fn api_settings(api: &ApiArgs, queue: &QueueArgs) -> Result<ApiSettings> {
         web: WebAssets::Built,
         // The caller registers them in its registry.
         metrics: None,
+        rate_limit: RateLimitSettings {
+            per_minute: api.rate_limit_per_minute,
+            burst: api.rate_limit_burst,
+            clock: Clock::system(),
+        },
     })
 }
 
@@ -669,5 +693,43 @@ mod tests {
             backend(&neither, dir.path()),
             ChatBackend::NotConfigured
         ));
+    }
+
+    fn serve_settings(flags: &[&str]) -> Result<ApiSettings> {
+        let cli = Cli::try_parse_from(["mainloop", "serve"].iter().chain(flags).copied())?;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        api_settings(&args.api, &args.queue)
+    }
+
+    #[test]
+    fn proxy_auth_modes_are_wired_and_refuse_unsafe_settings() {
+        let tailscale = ["--auth", "tailscale"];
+        let settings = serve_settings(&tailscale).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(settings.auth.mode.name(), "tailscale");
+        let public = ["--auth", "tailscale", "--listen", "0.0.0.0:8080"];
+        let error = serve_settings(&public).err().map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("MAINLOOP_TAILSCALE_PROXY")),
+            "{error:?}"
+        );
+        let named = [&public[..], &["--tailscale-proxy", "100.64.0.1,fd7a::1"]].concat();
+        assert!(serve_settings(&named).is_ok());
+
+        let cloudflare = ["--auth", "cloudflare"];
+        assert!(serve_settings(&cloudflare).is_err(), "needs a team domain");
+        let no_aud = [
+            &cloudflare[..],
+            &["--cloudflare-team-domain", "t.cloudflareaccess.com"],
+        ]
+        .concat();
+        assert!(serve_settings(&no_aud).is_err(), "needs an audience");
+        let full = [&no_aud[..], &["--cloudflare-aud", "tag"]].concat();
+        let settings = serve_settings(&full).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(settings.auth.mode.name(), "cloudflare");
+        assert_eq!(settings.rate_limit.per_minute, 600);
     }
 }

@@ -1,9 +1,13 @@
 //! Who is calling. `none` trusts every caller as the configured user and is refused unless
 //! the server listens on loopback only; `token` accepts `Authorization: Bearer <token>` or a
-//! session cookie set by `POST /api/login`. The user id always comes from configuration,
-//! never from the client. State-changing requests from another origin are refused.
+//! session cookie set by `POST /api/login`, and the user is the configured one; `tailscale`
+//! believes the `Tailscale-User-Login` header only from the proxy's address; `cloudflare`
+//! verifies Cloudflare Access's signed token ([`crate::cloudflare`]). A user id is never
+//! taken from anything a client can choose. State-changing requests from another origin are
+//! refused.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -17,9 +21,13 @@ use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
+use crate::cloudflare::Access;
 use crate::error::{ApiError, code};
+use crate::ratelimit::{self, Caller, RateLimiter};
 
 pub const SESSION_COOKIE: &str = "mainloop_session";
+/// Set by `tailscale serve` to the login name of the tailnet user it forwards for.
+pub const TAILSCALE_USER_LOGIN: &str = "tailscale-user-login";
 
 /// How callers prove who they are.
 #[derive(Clone)]
@@ -28,6 +36,11 @@ pub enum AuthMode {
     None,
     /// A shared secret, as a bearer token or exchanged for a session cookie.
     Token { token: String },
+    /// The user `tailscale serve` names, believed only from these peer addresses (empty:
+    /// loopback addresses only).
+    Tailscale { proxies: Vec<IpAddr> },
+    /// The user Cloudflare Access vouches for.
+    Cloudflare(Arc<Access>),
 }
 
 impl std::fmt::Debug for AuthMode {
@@ -35,6 +48,8 @@ impl std::fmt::Debug for AuthMode {
         match self {
             AuthMode::None => f.write_str("none"),
             AuthMode::Token { .. } => f.write_str("token"),
+            AuthMode::Tailscale { proxies } => write!(f, "tailscale (proxies {proxies:?})"),
+            AuthMode::Cloudflare(access) => write!(f, "cloudflare ({access:?})"),
         }
     }
 }
@@ -47,9 +62,22 @@ pub struct AuthConfig {
     pub session_ttl: Duration,
 }
 
+impl AuthMode {
+    /// The mode's name, as `MAINLOOP_AUTH` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Token { .. } => "token",
+            AuthMode::Tailscale { .. } => "tailscale",
+            AuthMode::Cloudflare(_) => "cloudflare",
+        }
+    }
+}
+
 impl AuthConfig {
     /// Refuses configurations that would expose the API: `none` on a non-loopback address,
-    /// a short token, or a user id that could not name a workflow.
+    /// a short token, identity headers believed from anyone who can reach a public address,
+    /// or a user id that could not name a workflow.
     pub fn validate(&self, listen: SocketAddr) -> Result<(), String> {
         if !valid_user_id(&self.user) {
             return Err(format!(
@@ -67,6 +95,14 @@ impl AuthConfig {
                 "MAINLOOP_AUTH_TOKEN must be at least 16 characters (use a random secret)"
                     .to_string(),
             ),
+            AuthMode::Tailscale { proxies } if proxies.is_empty() && !listen.ip().is_loopback() => {
+                Err(format!(
+                    "MAINLOOP_AUTH=tailscale on {listen}: the Tailscale-User-Login header is \
+                     believed only from the proxy, which is assumed to be on loopback. Bind to \
+                     127.0.0.1 (where `tailscale serve` forwards to), or name the proxy's \
+                     addresses in MAINLOOP_TAILSCALE_PROXY"
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -113,15 +149,22 @@ impl AuthConfig {
                 let b = Sha256::digest(given.as_bytes());
                 bool::from(a.ct_eq(&b))
             }
-            AuthMode::None => false,
+            _ => false,
         }
     }
 
-    /// The caller's user id, or why they are not let in.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+    /// The caller's user id, or why they are not let in. `peer` is the TCP peer (unknown:
+    /// identity headers are not believed).
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<String, ApiError> {
         let token = match &self.mode {
             AuthMode::None => return Ok(self.user.clone()),
             AuthMode::Token { token } => token,
+            AuthMode::Tailscale { proxies } => return tailscale_user(proxies, headers, peer),
+            AuthMode::Cloudflare(access) => return access.authenticate(headers).await,
         };
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let given = value
@@ -137,7 +180,7 @@ impl AuthConfig {
                 Err(ApiError::unauthorized("invalid token"))
             };
         }
-        match session_cookie(headers) {
+        match cookie(headers, SESSION_COOKIE) {
             Some(cookie) if Self::session_valid(token, &cookie) => Ok(self.user.clone()),
             Some(_) => Err(ApiError::unauthorized(
                 "your session is invalid or has expired; log in again",
@@ -157,15 +200,50 @@ pub fn valid_user_id(user: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
+/// The value of cookie `name`.
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.to_string())
+}
+
+/// The user `tailscale serve` forwards for, believed only from a trusted proxy. Exactly one
+/// well-formed `Tailscale-User-Login` header names them.
+fn tailscale_user(
+    proxies: &[IpAddr],
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<String, ApiError> {
+    let trusted = peer.is_some_and(|peer| {
+        let ip = peer.ip().to_canonical();
+        if proxies.is_empty() {
+            ip.is_loopback()
+        } else {
+            proxies.iter().any(|proxy| proxy.to_canonical() == ip)
+        }
+    });
+    if !trusted {
+        return Err(ApiError::unauthorized(
+            "reach mainloop through `tailscale serve`; identity headers from elsewhere are ignored",
+        ));
+    }
+    let mut values = headers.get_all(TAILSCALE_USER_LOGIN).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(ApiError::unauthorized(
+            "expected exactly one Tailscale-User-Login header from `tailscale serve`",
+        ));
+    };
+    value
+        .to_str()
+        .ok()
+        .map(str::to_ascii_lowercase)
+        .filter(|login| valid_user_id(login))
+        .ok_or_else(|| ApiError::unauthorized("the Tailscale-User-Login header is malformed"))
 }
 
 fn now_secs() -> u64 {
@@ -195,13 +273,27 @@ impl<S: Send + Sync> FromRequestParts<S> for User {
     }
 }
 
-/// Middleware: authenticates the request and records the user.
+/// Middleware: authenticates the request, counts it against the user's rate limit (a
+/// refused one against the peer's), and records the user.
 pub async fn require_user(
-    State(state): State<AppState>,
+    State((state, limiter)): State<(AppState, Arc<RateLimiter>)>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let user = state.auth.authenticate(request.headers())?;
+    let peer = ratelimit::peer(&request);
+    let user = match state.auth.authenticate(request.headers(), peer).await {
+        Ok(user) => user,
+        Err(refused) => {
+            // Guessing credentials costs the guesser's address.
+            if let Some(limited) = limiter.refusal(ratelimit::peer_caller(peer)) {
+                return Ok(limited);
+            }
+            return Err(refused);
+        }
+    };
+    if let Some(limited) = limiter.refusal(Caller::User(user.clone())) {
+        return Ok(limited);
+    }
     request.extensions_mut().insert(User(user));
     Ok(next.run(request).await)
 }
@@ -256,6 +348,10 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    fn cookie_value(headers: &HeaderMap) -> Option<String> {
+        cookie(headers, SESSION_COOKIE)
+    }
+
     fn token_config() -> AuthConfig {
         AuthConfig {
             mode: AuthMode::Token {
@@ -287,7 +383,8 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_str(&format!("other=1; {SESSION_COOKIE}={cookie}")).unwrap(),
         );
-        assert_eq!(config.authenticate(&headers), Ok("me".to_string()));
+        assert!(AuthConfig::session_valid("a-long-enough-secret", &cookie));
+        assert_eq!(cookie_value(&headers), Some(cookie.clone()));
         // Signed by another token: refused.
         assert!(!AuthConfig::session_valid("another-secret-token", &cookie));
         // Tampered expiry: refused.
@@ -299,6 +396,31 @@ mod tests {
         }
         .issue_session("a-long-enough-secret");
         assert!(!AuthConfig::session_valid("a-long-enough-secret", &expired));
+    }
+
+    #[test]
+    fn tailscale_logins_come_only_from_a_trusted_peer() {
+        let login = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(TAILSCALE_USER_LOGIN, HeaderValue::from_static(value));
+            headers
+        };
+        let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:100.64.0.1]:5000".parse().unwrap();
+        let other: SocketAddr = "100.64.0.2:5000".parse().unwrap();
+        let proxy: IpAddr = "100.64.0.1".parse().unwrap();
+        let headers = login("Alice@Example.com");
+        assert_eq!(
+            tailscale_user(&[], &headers, Some(loopback)),
+            Ok("alice@example.com".to_string())
+        );
+        assert!(tailscale_user(&[], &headers, Some(other)).is_err());
+        assert!(tailscale_user(&[], &headers, None).is_err());
+        // A named proxy replaces loopback, and IPv4-mapped addresses are the same peer.
+        assert!(tailscale_user(&[proxy], &headers, Some(mapped)).is_ok());
+        assert!(tailscale_user(&[proxy], &headers, Some(loopback)).is_err());
+        assert!(tailscale_user(&[], &login("a b"), Some(loopback)).is_err());
+        assert!(tailscale_user(&[], &HeaderMap::new(), Some(loopback)).is_err());
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub mod code {
     /// Budget limits out of range, or that leave a paused task no room to go on.
     pub const INVALID_BUDGET: &str = "invalid_budget";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+    /// The caller's request budget is spent; `Retry-After` says when to come back.
+    pub const RATE_LIMITED: &str = "rate_limited";
     pub const TIMEOUT: &str = "timeout";
     pub const UNAVAILABLE: &str = "unavailable";
     pub const INTERNAL: &str = "internal";

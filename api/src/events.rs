@@ -73,7 +73,7 @@ pub async fn stream(
     let mut wake = state.store.subscribe_events();
     let mut after = match from_header.or(query.after) {
         Some(after) => after,
-        None => state.store.last_event_id().await?,
+        None => state.store.last_user_event_id(&user).await?,
     };
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();

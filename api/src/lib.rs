@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod budgets;
+pub mod cloudflare;
 pub mod config;
 pub mod error;
 mod events;
@@ -19,12 +20,14 @@ pub mod openapi;
 pub mod outbox;
 mod proposals;
 mod server;
+pub mod ratelimit;
 mod session;
 mod tasks;
 pub mod temporal;
 pub mod web;
 mod webhook;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +48,7 @@ pub use auth::{AuthConfig, AuthMode};
 pub use config::AppConfig;
 pub use error::{ApiError, code};
 pub use outbox::RelaySettings;
+pub use ratelimit::RateLimitSettings;
 pub use temporal::TemporalLink;
 pub use web::WebAssets;
 
@@ -68,6 +72,8 @@ pub struct ApiSettings {
     pub web: WebAssets,
     /// Where requests are counted and timed; none: they are not.
     pub metrics: Option<Arc<metrics::ApiMetrics>>,
+    /// Requests each user (or, before authentication, each peer address) may make.
+    pub rate_limit: RateLimitSettings,
 }
 
 #[derive(Clone)]
@@ -85,6 +91,8 @@ pub struct AppState {
 
 /// The whole HTTP surface.
 pub fn router(state: AppState, settings: &ApiSettings) -> Router {
+    let limiter = Arc::new(ratelimit::RateLimiter::new(&settings.rate_limit));
+    let by_peer = middleware::from_fn_with_state(limiter.clone(), ratelimit::by_peer);
     let timed = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(timeout_error))
         .timeout(settings.request_timeout);
@@ -112,18 +120,18 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         // The event stream lives as long as the client wants: no request timeout.
         .route("/api/events", get(events::stream))
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), limiter),
             auth::require_user,
         ));
     let public = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/api/openapi.json", get(openapi::document))
-        .route("/api/login", post(session::login))
+        .route("/api/login", post(session::login).layer(by_peer.clone()))
         .route("/api/logout", post(session::logout))
         .route("/api/session", get(session::info))
         // GitHub cannot log in: deliveries are authenticated by their signature.
-        .route("/api/github/webhook", post(webhook::receive))
+        .route("/api/github/webhook", post(webhook::receive).layer(by_peer))
         .layer(timed);
     let web = Arc::new(settings.web.clone());
     let app = Router::new()

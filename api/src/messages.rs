@@ -66,7 +66,7 @@ pub async fn list(
         ));
     }
     // Read the event position first: anything committed later is replayed by the stream.
-    let last_event_id = state.store.last_event_id().await?;
+    let last_event_id = state.store.last_user_event_id(&user).await?;
     let messages = state
         .store
         .list_messages(&user, query.before, limit + 1)

@@ -67,7 +67,7 @@ use utoipa::{OpenApi, ToSchema};
         TaskLogEvent,
         TaskInputEvent,
     )),
-    modifiers(&Security, &CommonErrors),
+    modifiers(&Security, &CommonErrors, &RateLimited),
     security(("bearer" = []), ("session" = [])),
 )]
 pub struct ApiDoc;
@@ -158,6 +158,45 @@ impl utoipa::Modify for CommonErrors {
                         .entry(status.to_owned())
                         .or_insert_with(|| error(description).into());
                 }
+            }
+        }
+    }
+}
+
+/// Every limited route may answer `429` (see [`crate::ratelimit`]).
+struct RateLimited;
+
+impl utoipa::Modify for RateLimited {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        const UNLIMITED: [&str; 4] = ["/healthz", "/readyz", "/api/session", "/api/logout"];
+        let response = ResponseBuilder::new()
+            .description("rate_limited: over the caller's budget; `Retry-After` says when to retry")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if UNLIMITED.contains(&path.as_str()) {
+                continue;
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .entry("429".into())
+                    .or_insert_with(|| RefOr::T(response.clone()));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Logging in and out (`token` mode), and what the web app needs to know about its session.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,7 @@ fn over_https(headers: &HeaderMap) -> bool {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionInfo {
-    /// `none` or `token`.
+    /// `none`, `token`, `tailscale` or `cloudflare`.
     pub auth: String,
     pub authenticated: bool,
     /// The caller's user id, when authenticated.
@@ -90,13 +90,11 @@ pub struct SessionInfo {
     get, path = "/api/session", security(()), tag = "session",
     responses((status = 200, body = SessionInfo))
 )]
-pub async fn info(State(state): State<AppState>, headers: HeaderMap) -> Json<SessionInfo> {
-    let user = state.auth.authenticate(&headers).ok();
+pub async fn info(State(state): State<AppState>, request: Request) -> Json<SessionInfo> {
+    let peer = crate::ratelimit::peer(&request);
+    let user = state.auth.authenticate(request.headers(), peer).await.ok();
     Json(SessionInfo {
-        auth: match state.auth.mode {
-            AuthMode::None => "none".into(),
-            AuthMode::Token { .. } => "token".into(),
-        },
+        auth: state.auth.mode.name().into(),
         authenticated: user.is_some(),
         user,
     })

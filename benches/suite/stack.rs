@@ -70,6 +70,7 @@ impl TaskStack {
                 .env("GITHUB_TOKEN", github.token())
                 .env("MAINLOOP_LISTEN", format!("127.0.0.1:{port}"))
                 .env("MAINLOOP_USER", &user)
+                .env("MAINLOOP_RATE_LIMIT_PER_MINUTE", "0")
                 .env("MAINLOOP_TASK_QUEUE", format!("bench-{name}"))
                 .env("MAINLOOP_AGENT_BIN", &agent)
                 .env("MAINLOOP_JOBS_DIR", &jobs)

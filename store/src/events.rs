@@ -136,4 +136,17 @@ impl Store {
         });
         Ok(id.unwrap_or(0))
     }
+
+    /// The id of the user's newest committed event (0 if none): where a client of that user
+    /// follows the stream from. Unlike [`Store::last_event_id`] it says nothing about other
+    /// users' activity.
+    pub async fn last_user_event_id(&self, user: &str) -> Result<i64> {
+        let id: Option<i64> = db!(self, |pool, pg| {
+            sqlx::query_scalar("SELECT MAX(id) FROM events WHERE user_id = $1")
+                .bind(user)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(id.unwrap_or(0))
+    }
 }

@@ -107,6 +107,8 @@ impl Stack {
             .env("MAINLOOP_SHUTDOWN_GRACE", "2s")
             .env("MAINLOOP_STICKY_TIMEOUT", "1s")
             .env("MAINLOOP_STREAM_FLUSH", "20ms")
+            // Racing and bulk fault tests send far more than a person would.
+            .env("MAINLOOP_RATE_LIMIT_PER_MINUTE", "0")
             .env("MAINLOOP_LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
             .env(

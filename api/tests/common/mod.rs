@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mainloop_api::{
-    ApiSettings, AppState, AuthConfig, AuthMode, RelaySettings, TemporalLink, WebAssets,
+    ApiSettings, AppState, AuthConfig, AuthMode, RateLimitSettings, RelaySettings, TemporalLink,
+    WebAssets,
 };
 use mainloop_store::Store;
 use tempfile::TempDir;
@@ -37,7 +38,8 @@ impl Served {
 }
 
 /// Serves the router for user `user` in auth `mode`; `configure` adjusts the settings (it is
-/// given the test's directory), which otherwise have no web app and no webhook secret.
+/// given the test's directory), which otherwise have no web app, no webhook secret and no
+/// rate limits. It stops when the [`Served`] is dropped.
 pub async fn serve(
     mode: AuthMode,
     user: &str,
@@ -69,6 +71,10 @@ pub async fn serve(
         app: Default::default(),
         web: WebAssets::Dir(dir.path().join("no-web-build")),
         metrics: None,
+        rate_limit: RateLimitSettings {
+            per_minute: 0,
+            ..RateLimitSettings::default()
+        },
     };
     configure(&mut settings, dir.path());
     let shutdown = CancellationToken::new();
@@ -91,6 +97,7 @@ pub async fn serve(
         .await
         .expect("bind a loopback port");
     let addr = listener.local_addr().expect("local address");
+    // The server the binary runs, so peer addresses reach the router as they do there.
     tokio::spawn(async move { mainloop_api::serve(listener, state, &settings).await });
     Served {
         addr,
