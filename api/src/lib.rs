@@ -19,15 +19,14 @@ pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 mod proposals;
-mod server;
 pub mod ratelimit;
+mod server;
 mod session;
 mod tasks;
 pub mod temporal;
 pub mod web;
 mod webhook;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -118,6 +118,20 @@ fn quoted_after(text: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// What follows each occurrence of `prefix` up to the next `)`, `,` (a path like `a::B`, or a
+/// quoted string kept with its quote).
+fn idents_path_after(text: &str, prefix: &str) -> Vec<String> {
+    text.match_indices(prefix)
+        .map(|(at, _)| {
+            text[at + prefix.len()..]
+                .chars()
+                .take_while(|c| *c != ')' && *c != ',')
+                .collect::<String>()
+        })
+        .filter(|path| !path.is_empty())
+        .collect()
+}
+
 /// The identifier right after each occurrence of `prefix`.
 fn idents_after(text: &str, prefix: &str) -> Vec<String> {
     text.match_indices(prefix)
@@ -193,7 +207,22 @@ pub fn capabilities(
     file: &str,
     names: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> Result<Capabilities> {
-    let source = read(&workspace().join("workflows/src").join(file))?;
+    // The workflow's file and its submodules (`task.rs` and `task/*.rs`).
+    let src = workspace().join("workflows/src");
+    let mut source = read(&src.join(file))?;
+    let submodules = src.join(file.trim_end_matches(".rs"));
+    if submodules.is_dir() {
+        let mut paths: Vec<_> = std::fs::read_dir(&submodules)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        paths.sort();
+        for path in paths
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        {
+            source.push_str(&read(path)?);
+        }
+    }
     let compact: String = source.chars().filter(|c| !c.is_whitespace()).collect();
     let mut caps = Capabilities::default();
     for (implementer, methods) in names {
@@ -214,6 +243,24 @@ pub fn capabilities(
         .into_iter()
         .chain(quoted_after(&compact, ".deprecate_patch(\""))
         .collect();
+    // Patch ids named by a constant: `.patched(PATCH)` or `.patched(module::PATCH)`, resolved
+    // through its `const PATCH: &str = "…"`.
+    for prefix in [".patched(", ".deprecate_patch("] {
+        for path in idents_path_after(&compact, prefix) {
+            let name = path.rsplit("::").next().unwrap_or(&path);
+            let definition = format!("const{name}:&str=\"");
+            let ids = quoted_after(&compact, &definition);
+            if path.starts_with('"') {
+                continue;
+            }
+            if ids.is_empty() {
+                bail!(
+                    "{file} checks patch `{path}`, whose `const {name}: &str` the gate cannot find"
+                );
+            }
+            caps.patches.extend(ids);
+        }
+    }
     for method in idents_after(&compact, "ctx.") {
         let call = format!("ctx.{method}(");
         if !NO_COMMAND.contains(&method.as_str()) && !COMMANDS.iter().any(|(c, _)| *c == call) {
