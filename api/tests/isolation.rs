@@ -248,6 +248,12 @@ fn cases(alice: &Alice) -> Vec<(&'static str, &'static str, String, Expect)> {
         ),
         (
             "POST",
+            "/api/tasks/{id}/budget",
+            task(&alice.review_task, "/budget"),
+            Expect::NotFound,
+        ),
+        (
+            "POST",
             "/api/tasks/{id}/cancel",
             task(&alice.review_task, "/cancel"),
             Expect::NotFound,
@@ -300,6 +306,7 @@ fn body_for(template: &str) -> Value {
         "/api/messages" => json!({ "content": "bob's own message" }),
         "/api/tasks/{id}/answer" => json!({ "answers": { "q1": "yes" } }),
         "/api/tasks/{id}/review-plan" => json!({ "action": "approve" }),
+        "/api/tasks/{id}/budget" => json!({ "raise_tokens": 1000 }),
         "/api/login" => json!({ "token": "whatever" }),
         _ => json!({}),
     }
