@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::harness::{Stack, USER, WAIT, main_thread};
 use crate::histories::{keep, keep_workflow, settle, wait_closed, wait_for_timer};
-use crate::tasks::{JobKind, REPO, TASK_WAIT, TaskStack, bash, job_kind, scripted_model};
+use crate::tasks::{REPO, TASK_WAIT, TaskStack, comment_reads};
 
 /// A thread started by hand (as before the API set its search attribute at start) sets it
 /// itself.
@@ -66,12 +66,7 @@ async fn task_on_github_closed_unmerged() -> Result<()> {
         .map(|c| c.created_at.timestamp())
         .max()
         .unwrap_or_default();
-    let reads = |v: &mainloop_testkit::github::GitHubView<'_>| {
-        v.requests()
-            .iter()
-            .filter(|(m, p, _)| m == "GET" && p.contains(&format!("/issues/{issue}/comments")))
-            .count()
-    };
+    let reads = |v: &mainloop_testkit::github::GitHubView<'_>| comment_reads(v, issue);
     let seen = ts.github.view(reads);
     ts.github
         .wait_until(TASK_WAIT, |v| {
@@ -104,24 +99,10 @@ async fn task_on_github_closed_unmerged() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_cancelled_mid_job() -> Result<()> {
     let ts = TaskStack::start().await?;
-    let marker = format!("history-gate-{}", std::process::id());
-    let command = format!("while [ ! -f /nonexistent/{marker} ]; do sleep 0.1; done");
-    ts.stack.anthropic.set_default(move |request| {
-        if job_kind(request) == Some(JobKind::Implement) {
-            return bash(&command);
-        }
-        scripted_model(request)
-    });
+    let marker = ts.implement_runs_until_killed("history-gate");
     let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
     ts.wait_status(&id, TaskStatus::Implementing).await?;
-    ts.wait_for(|| async {
-        let logs = ts.stack.store.task_logs(USER, &id, 2000).await?;
-        Ok(logs
-            .iter()
-            .any(|line| line.text.contains(&marker))
-            .then_some(()))
-    })
-    .await?;
+    ts.wait_for_log(&id, &marker).await?;
     let (status, body) = ts
         .task_input(&id, "cancel", json!({"reason": "changed my mind"}))
         .await?;

@@ -8,9 +8,7 @@ use mainloop_testkit::github::IssueState;
 use serde_json::{Value, json};
 
 use crate::harness::USER;
-use crate::tasks::{
-    JobKind, REPO, TaskStack, approve_plan, bash, job_kind, scripted_model, wait_until,
-};
+use crate::tasks::{JobKind, REPO, TaskStack, approve_plan, job_kind, scripted_model, wait_until};
 
 /// The scripted model, except that a plan job without answers asks two questions, and a plan
 /// job with answers writes them into its plan.
@@ -230,28 +228,12 @@ fn process_running(needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_during_implementation_stops_the_job_and_closes_the_issue() -> Result<()> {
     let ts = TaskStack::start().await?;
-    // A command that runs until killed, with a name no other test uses so the test can tell
-    // when it is gone. (Claude Code refuses a bare long `sleep`.)
-    let marker = format!("cancel-gate-{}", std::process::id());
-    let command = format!("while [ ! -f /nonexistent/{marker} ]; do sleep 0.1; done");
-    ts.stack.anthropic.set_default(move |request| {
-        if job_kind(request) == Some(JobKind::Implement) {
-            return bash(&command);
-        }
-        scripted_model(request)
-    });
+    let marker = ts.implement_runs_until_killed("cancel-gate");
     let id = ts.confirmed_task(json!({})).await?;
     approve_plan(&ts, &id).await?;
     ts.wait_status(&id, TaskStatus::Implementing).await?;
     // The job is running once the agent has asked for the long command.
-    ts.wait_for(|| async {
-        let logs = ts.stack.store.task_logs(USER, &id, 2000).await?;
-        Ok(logs
-            .iter()
-            .any(|line| line.text.contains(&marker))
-            .then_some(()))
-    })
-    .await?;
+    ts.wait_for_log(&id, &marker).await?;
     wait_until(|| process_running(&marker)).await?;
 
     let (status, body) = ts

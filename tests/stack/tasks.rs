@@ -73,6 +73,14 @@ pub fn job_kind(request: &RecordedRequest) -> Option<JobKind> {
     })
 }
 
+/// How often the task has read issue `issue`'s comments: each read is one poll for a human.
+pub fn comment_reads(view: &mainloop_testkit::github::GitHubView<'_>, issue: u64) -> usize {
+    view.requests()
+        .iter()
+        .filter(|(m, p, _)| m == "GET" && p.contains(&format!("/issues/{issue}/comments")))
+        .count()
+}
+
 /// A reply that runs `command` with the Bash tool in the clone.
 pub fn bash(command: &str) -> Reply {
     Reply::tool_use(
@@ -250,13 +258,14 @@ impl TaskStack {
             .post("please add a greeting to acme/web", "task-1")
             .await?;
         let proposal_id = self.proposal_id().await?;
-        let (status, confirmed) = self
-            .request(
-                "POST",
-                &format!("/api/proposals/{proposal_id}/confirm"),
-                Some(body),
-            )
-            .await?;
+        self.confirm(&proposal_id, body).await
+    }
+
+    /// Confirms `proposal` through the API (`body`: the user's changes) and returns the new
+    /// task's id; anything but `202` is an error.
+    pub async fn confirm(&self, proposal: &str, body: Value) -> Result<String> {
+        let path = format!("/api/proposals/{proposal}/confirm");
+        let (status, confirmed) = self.request("POST", &path, Some(body)).await?;
         if status != 202 {
             bail!("confirm answered {status}: {confirmed}");
         }
@@ -264,6 +273,33 @@ impl TaskStack {
             .as_str()
             .context("no task id")?
             .to_string())
+    }
+
+    /// Makes every implement job run a shell loop until it is killed (Claude Code refuses a
+    /// bare long `sleep`). Returns the marker in its command line, unique to this process and
+    /// `name`, by which a test tells whether it still runs.
+    pub fn implement_runs_until_killed(&self, name: &str) -> String {
+        let marker = format!("{name}-{}", std::process::id());
+        let command = format!("while [ ! -f /nonexistent/{marker} ]; do sleep 0.1; done");
+        self.stack.anthropic.set_default(move |request| {
+            if job_kind(request) == Some(JobKind::Implement) {
+                return bash(&command);
+            }
+            scripted_model(request)
+        });
+        marker
+    }
+
+    /// Waits until a line of the task's job log contains `text`.
+    pub async fn wait_for_log(&self, id: &str, text: &str) -> Result<()> {
+        self.wait_for(|| async {
+            let logs = self.stack.store.task_logs(USER, id, 2000).await?;
+            Ok(logs
+                .iter()
+                .any(|line| line.text.contains(text))
+                .then_some(()))
+        })
+        .await
     }
 
     /// Re-evaluates `check` after every committed event until it yields something.
@@ -513,12 +549,7 @@ async fn lgtm_from_a_user_without_write_access_approves_nothing() -> Result<()> 
     let issue = task.issue_number.context("issue")? as u64;
     ts.github.comment_as("mallory", REPO, issue, "lgtm")?;
     // Let the task read the issue's comments a few times after mallory's comment.
-    let reads = |v: &mainloop_testkit::github::GitHubView<'_>| {
-        v.requests()
-            .iter()
-            .filter(|(m, p, _)| m == "GET" && p.contains(&format!("/issues/{issue}/comments")))
-            .count()
-    };
+    let reads = |v: &mainloop_testkit::github::GitHubView<'_>| comment_reads(v, issue);
     let seen = ts.github.view(reads);
     ts.github
         .wait_until(TASK_WAIT, |v| reads(v) >= seen + 3)
