@@ -70,20 +70,7 @@ async fn fresh_task_starts(
         )
         .await?;
     let confirmed = Instant::now();
-    let (status, body) = ts
-        .request(
-            "POST",
-            "/api/proposals/fault-proposal-fresh/confirm",
-            Some(json!({})),
-        )
-        .await?;
-    if status != 202 {
-        bail!("confirm answered {status}: {body}");
-    }
-    let id = body["task"]["id"]
-        .as_str()
-        .context("no task id")?
-        .to_string();
+    let id = ts.confirm("fault-proposal-fresh", json!({})).await?;
     until(ts, LONG, || async {
         Ok(ts.task(&id).await?.status != TaskStatus::Pending)
     })
@@ -108,7 +95,7 @@ async fn chat_answers(ts: &TaskStack, backlog: &[String]) -> Result<(Duration, u
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fault suite: make test-faults"]
+#[ignore = "fault suite (minutes of repeated crashes per test): run by `make test-faults`, see docs/reliability.md"]
 async fn a_thousand_parked_tasks_answered_while_the_worker_is_down_each_process_their_answer_once()
 -> Result<()> {
     let n = figures::count("MAINLOOP_FAULT_PARKED", 1000);

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use mainloop_store::{Message, MessageKind, MessageStatus, Role, TaskStatus};
 use mainloop_testkit::anthropic::{RecordedRequest, Reply};
 use mainloop_testkit::github::CiScript;
@@ -163,20 +163,9 @@ async fn job_trial(
         .post(&format!("task trial {n}"), &format!("task-{n}"))
         .await?;
     let proposal = proposal_titled(ts, &format!("Fault trial {n}")).await?;
-    let (status, body) = ts
-        .request(
-            "POST",
-            &format!("/api/proposals/{proposal}/confirm"),
-            Some(json!({ "skip_planning": true })),
-        )
+    let id = ts
+        .confirm(&proposal, json!({ "skip_planning": true }))
         .await?;
-    if status != 202 {
-        bail!("confirm answered {status}: {body}");
-    }
-    let id = body["task"]["id"]
-        .as_str()
-        .context("no task id")?
-        .to_string();
     match kill {
         JobKill::AfterConfirm => {}
         JobKill::JobStarting => {
@@ -349,7 +338,7 @@ async fn tally_tasks(ts: &TaskStack, gates: &Path, trials: usize, tally: &mut Ta
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fault suite: make test-faults"]
+#[ignore = "fault suite (minutes of repeated crashes per test): run by `make test-faults`, see docs/reliability.md"]
 async fn the_worker_killed_mid_activity_50_times_loses_and_duplicates_nothing() -> Result<()> {
     let chat_trials = figures::count("MAINLOOP_FAULT_CHAT_TRIALS", 38);
     let job_trials = figures::count("MAINLOOP_FAULT_JOB_TRIALS", 12);
