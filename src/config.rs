@@ -295,6 +295,12 @@ pub struct ChatArgs {
     /// Longest silence tolerated from the model while it streams.
     #[arg(long, env = "MAINLOOP_MODEL_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub model_idle_timeout: Duration,
+    /// How long every worker stops calling the model after a 429 that names no retry-after.
+    #[arg(long, env = "MAINLOOP_MODEL_LIMIT_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub model_limit_wait: Duration,
+    /// Longest wait after a 429: a longer retry-after is cut to this.
+    #[arg(long, env = "MAINLOOP_MODEL_LIMIT_MAX_WAIT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub model_limit_max_wait: Duration,
     /// Turns per main-thread workflow run before it continues as new.
     #[arg(long, env = "MAINLOOP_TURNS_PER_RUN", default_value_t = 100)]
     pub turns_per_run: u32,

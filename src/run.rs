@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use mainloop_activities::anthropic::AnthropicClient;
 use mainloop_activities::chat::{ActivityTiming, ChatSettings, ThreadConfig};
 use mainloop_activities::chat_cli::{ClaudeCli, ClaudeCliSettings};
+use mainloop_activities::governor::GovernorSettings;
 use mainloop_activities::metrics::ActivityMetrics;
 use mainloop_activities::{ChatActivities, ChatBackend};
 use mainloop_api::cloudflare::{Access, CloudflareSettings};
@@ -365,6 +366,10 @@ pub async fn run_worker(
     }
     let activity_metrics = ActivityMetrics::register(parts.telemetry.registry())
         .context("registering the activities' metrics")?;
+    let governor = GovernorSettings {
+        default_wait: chat.model_limit_wait,
+        max_wait: chat.model_limit_max_wait,
+    };
     worker::run(
         client,
         WorkerSettings {
@@ -377,6 +382,7 @@ pub async fn run_worker(
         },
         Implementations {
             chat: ChatActivities::new(store.clone(), backend, settings)
+                .with_governor(governor.clone())
                 .with_metrics(activity_metrics.clone()),
             tasks: TaskActivities::new(
                 store,
@@ -384,6 +390,7 @@ pub async fn run_worker(
                 job_runner(&parts).await?,
                 task_settings(parts.tasks),
             )
+            .with_governor(governor)
             .with_metrics(activity_metrics),
         },
         shutdown,

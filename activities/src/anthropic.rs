@@ -142,6 +142,9 @@ pub enum ModelError {
     Retryable {
         message: String,
         retry_after: Option<Duration>,
+        /// The API said the rate limit was hit (429 `rate_limit_error`): every worker should
+        /// wait, not just this call (see `governor`).
+        rate_limited: bool,
     },
     /// Retrying the same request cannot help (bad key, unknown model, invalid request).
     #[error("{message}")]
@@ -153,6 +156,7 @@ impl ModelError {
         ModelError::Retryable {
             message: message.into(),
             retry_after: None,
+            rate_limited: false,
         }
     }
 }
@@ -323,7 +327,11 @@ impl AnthropicClient {
                     let message = data["error"]["message"].as_str().unwrap_or_default();
                     let text = format!("the model API failed mid-reply: {kind}: {message}");
                     return Err(StreamError::Model(if is_retryable_kind(kind) {
-                        ModelError::retryable(text)
+                        ModelError::Retryable {
+                            message: text,
+                            retry_after: None,
+                            rate_limited: kind == "rate_limit_error",
+                        }
                     } else {
                         ModelError::Permanent {
                             status: 200,
@@ -400,6 +408,7 @@ async fn error_from_response(response: reqwest::Response) -> ModelError {
     let message = format!("{status} {kind}: {detail}");
     if status == 429 || status == 408 || status == 409 || status >= 500 {
         ModelError::Retryable {
+            rate_limited: status == 429 || kind == "rate_limit_error",
             message,
             retry_after,
         }

@@ -26,7 +26,8 @@ use crate::anthropic::{
     AnthropicClient, ApiMessage, ApiRole, Block, ModelError, Request, StreamError, Tool,
 };
 use crate::chat_cli::ClaudeCli;
-use crate::errors::{permanent, retryable, store_error};
+use crate::errors::{permanent, rate_limit_message, retryable, store_error};
+use crate::governor::{Governor, GovernorSettings, MODEL_SCOPE};
 use crate::heartbeat::Heartbeat;
 use crate::metrics::{ActivityMetrics, Source, Spent, TurnOutcome};
 use crate::pricing::{self, Tokens};
@@ -146,6 +147,13 @@ pub mod failure_type {
     pub const MESSAGE_NOT_FOUND: &str = "MessageNotFound";
 }
 
+/// The reply a turn writes: whose, which, and which attempt at it.
+pub(crate) struct ReplyRef<'a> {
+    pub user: &'a str,
+    pub id: &'a str,
+    pub attempt: i64,
+}
+
 /// What answers the chat: chosen once, at start-up, from the worker's configuration.
 #[derive(Debug, Clone)]
 pub enum ChatBackend {
@@ -173,16 +181,24 @@ pub struct ChatActivities {
     backend: ChatBackend,
     settings: ChatSettings,
     metrics: Option<Arc<ActivityMetrics>>,
+    governor: Governor,
 }
 
 impl ChatActivities {
     pub fn new(store: Store, backend: ChatBackend, settings: ChatSettings) -> Self {
         ChatActivities {
+            governor: Governor::new(store.clone(), GovernorSettings::default()),
             store,
             backend,
             settings,
             metrics: None,
         }
+    }
+
+    /// Waits out rate limits as `settings` say.
+    pub fn with_governor(mut self, settings: GovernorSettings) -> Self {
+        self.governor = Governor::new(self.store.clone(), settings);
+        self
     }
 
     /// Records turns and what they spent in `metrics`.
@@ -197,6 +213,48 @@ impl ChatActivities {
 
     pub(crate) fn settings(&self) -> &ChatSettings {
         &self.settings
+    }
+
+    /// Waits until no rate limit blocks the model, showing the wait on `reply`.
+    async fn wait_for_rate_limit(
+        &self,
+        ctx: &ActivityContext,
+        reply: &ReplyRef<'_>,
+    ) -> Result<(), ActivityError> {
+        self.governor
+            .wait(ctx, MODEL_SCOPE, |limit| async move {
+                self.show_waiting(reply, &limit).await
+            })
+            .await
+    }
+
+    /// The activity error for a failed model call; a rate limit blocks every worker first.
+    async fn model_failed(&self, error: ModelError) -> ActivityError {
+        if let ModelError::Retryable {
+            message,
+            retry_after,
+            rate_limited: true,
+        } = &error
+            && let Err(failed) = self
+                .governor
+                .rate_limited(MODEL_SCOPE, *retry_after, message)
+                .await
+        {
+            return failed;
+        }
+        model_error(error)
+    }
+
+    /// Tells the user that `reply` waits for `limit` to reset.
+    async fn show_waiting(
+        &self,
+        reply: &ReplyRef<'_>,
+        limit: &mainloop_store::RateLimit,
+    ) -> Result<(), ActivityError> {
+        self.store
+            .reply_waiting(reply.user, reply.id, reply.attempt, limit)
+            .await
+            .map_err(store_error)
     }
 
     fn not_configured() -> ActivityError {
@@ -238,7 +296,7 @@ impl ChatActivities {
     #[activity(name = "chat.compact")]
     pub async fn compact(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: CompactInput,
     ) -> Result<CompactOutput, ActivityError> {
         if let Some(done) = self
@@ -282,6 +340,10 @@ impl ChatActivities {
             "<summary>\n{previous}\n</summary>\n\n<new_messages>\n{transcript}\n\
              </new_messages>\n\nWrite the updated summary."
         );
+        // A summary can wait: nothing is shown while it does.
+        self.governor
+            .wait(&ctx, MODEL_SCOPE, |_| async { Ok(()) })
+            .await?;
         let summary = match &self.backend {
             ChatBackend::Api(model) => {
                 let request = Request {
@@ -294,12 +356,26 @@ impl ChatActivities {
                     }],
                     tools: Vec::new(),
                 };
-                let completion = model.complete(&request).await.map_err(model_error)?;
-                completion.text()
+                match model.complete(&request).await {
+                    Ok(completion) => completion.text(),
+                    Err(error) => return Err(self.model_failed(error).await),
+                }
             }
             ChatBackend::Cli(cli) => {
-                cli.complete(&self.settings.summary_model, SUMMARY_PROMPT, prompt)
-                    .await?
+                match cli
+                    .complete(&self.settings.summary_model, SUMMARY_PROMPT, prompt)
+                    .await
+                {
+                    Ok(text) => text,
+                    Err(error) => {
+                        if let Some(message) = rate_limit_message(&error) {
+                            self.governor
+                                .rate_limited(MODEL_SCOPE, None, &message)
+                                .await?;
+                        }
+                        return Err(error);
+                    }
+                }
             }
             ChatBackend::NotConfigured => return Err(Self::not_configured()),
         };
@@ -436,14 +512,17 @@ impl ChatActivities {
         }
         let reply_id = started.message.id.clone();
         let _heartbeat = Heartbeat::start(ctx.clone(), self.settings.heartbeat_interval);
+        let reply = ReplyRef {
+            user: &input.user,
+            id: &reply_id,
+            attempt: started.attempt,
+        };
+        self.wait_for_rate_limit(&ctx, &reply).await?;
         // Temporal cancels an attempt it has given up on (timed out, say): stop streaming then,
         // rather than compete with the attempt that replaces it.
         let conversed = async {
             match &self.backend {
-                ChatBackend::Api(model) => {
-                    self.converse(model, &input.user, &reply_id, started.attempt, &context)
-                        .await
-                }
+                ChatBackend::Api(model) => self.converse(&ctx, model, &reply, &context).await,
                 ChatBackend::Cli(cli) => {
                     self.converse_cli(cli, &input.user, &reply_id, started.attempt, &context)
                         .await
@@ -455,6 +534,17 @@ impl ChatActivities {
             result = conversed => result,
             _ = ctx.cancelled() => Err(ActivityError::cancelled()),
         };
+        if let Err(error) = &result
+            && let Some(message) = rate_limit_message(error)
+        {
+            // The CLI retried on its own already: block every worker, show it, and let the
+            // next attempt wait out the block.
+            let limit = self
+                .governor
+                .rate_limited(MODEL_SCOPE, None, &message)
+                .await?;
+            self.show_waiting(&reply, &limit).await?;
+        }
         let outcome = result?;
         let usage = Usage {
             model: self.settings.model.clone(),
@@ -525,12 +615,12 @@ impl ChatActivities {
     /// `reply_id`. The text streamed is exactly the text returned.
     async fn converse(
         &self,
+        ctx: &ActivityContext,
         model: &AnthropicClient,
-        user: &str,
-        reply_id: &str,
-        attempt: i64,
+        reply: &ReplyRef<'_>,
         context: &TurnContext,
     ) -> Result<Outcome, ActivityError> {
+        let (user, reply_id, attempt) = (reply.user, reply.id, reply.attempt);
         let mut messages = api_messages(context);
         let system = system_prompt(context);
         let tools = vec![propose_task_tool()];
@@ -554,31 +644,56 @@ impl ChatActivities {
                 messages: messages.clone(),
                 tools: tools.clone(),
             };
-            // Text of separate model calls is separated by a blank line, streamed like the rest.
-            let mut needs_separator = !text.is_empty();
-            let streamed = model
-                .stream(&request, |piece| {
-                    let mut chunk = String::new();
-                    if needs_separator {
-                        chunk.push_str("\n\n");
-                        needs_separator = false;
+            let completion = loop {
+                // Text of separate model calls is separated by a blank line, streamed like the
+                // rest.
+                let mut needs_separator = !text.is_empty();
+                let text_before = text.len();
+                let streamed = model
+                    .stream(&request, |piece| {
+                        let mut chunk = String::new();
+                        if needs_separator {
+                            chunk.push_str("\n\n");
+                            needs_separator = false;
+                        }
+                        chunk.push_str(&piece);
+                        text.push_str(&chunk);
+                        let sent = pieces.send(chunk).map_err(|_| {
+                            anyhow::anyhow!("the reply could not be written to the event log")
+                        });
+                        async move { sent }
+                    })
+                    .await;
+                match streamed {
+                    Ok(completion) => break Ok(completion),
+                    // Rate limited before it said a word: every worker waits for the limit to
+                    // reset, and then this call is made again, within this attempt (a 429
+                    // does not use up the turn's retries).
+                    Err(StreamError::Model(ModelError::Retryable {
+                        message,
+                        retry_after,
+                        rate_limited: true,
+                    })) if text.len() == text_before => {
+                        let waited = async {
+                            let limit = self
+                                .governor
+                                .rate_limited(MODEL_SCOPE, retry_after, &message)
+                                .await?;
+                            self.show_waiting(reply, &limit).await?;
+                            self.wait_for_rate_limit(ctx, reply).await
+                        };
+                        if let Err(error) = waited.await {
+                            break Err(error);
+                        }
                     }
-                    chunk.push_str(&piece);
-                    text.push_str(&chunk);
-                    let sent = pieces.send(chunk).map_err(|_| {
-                        anyhow::anyhow!("the reply could not be written to the event log")
-                    });
-                    async move { sent }
-                })
-                .await;
-            let completion = match streamed {
-                Ok(completion) => completion,
-                Err(StreamError::Model(error)) => {
-                    result = Err(model_error(error));
-                    break;
+                    Err(StreamError::Model(error)) => break Err(self.model_failed(error).await),
+                    Err(StreamError::Sink(error)) => break Err(retryable(error.to_string(), None)),
                 }
-                Err(StreamError::Sink(error)) => {
-                    result = Err(retryable(error.to_string(), None));
+            };
+            let completion = match completion {
+                Ok(completion) => completion,
+                Err(error) => {
+                    result = Err(error);
                     break;
                 }
             };
@@ -913,6 +1028,7 @@ fn model_error(error: ModelError) -> ActivityError {
         ModelError::Retryable {
             message,
             retry_after,
+            ..
         } => retryable(message, retry_after),
         ModelError::Permanent { message, .. } => permanent(failure_type::MODEL_REJECTED, message),
     }

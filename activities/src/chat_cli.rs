@@ -385,6 +385,10 @@ fn classify(status: Option<u16>, text: &str) -> ActivityError {
             ),
         );
     }
+    // Claude Code has retried it already; now every worker waits (see `governor`).
+    if status == Some(429) || crate::governor::says_rate_limited(text) {
+        return crate::errors::rate_limited(format!("Claude Code failed: {}", one_line(text)));
+    }
     // The request itself is wrong (an unknown model, say): asking again will not help.
     if matches!(status, Some(400 | 404 | 413 | 422)) {
         return permanent(failure_type::MODEL_REJECTED, one_line(text));
@@ -904,6 +908,12 @@ mod tests {
         assert!(is_permanent(Some(404), "API Error: 404 model not found"));
         assert!(!is_permanent(Some(529), "API Error: 529 Overloaded"));
         assert!(!is_permanent(Some(429), "rate limited"));
+        let rate_limited = |status: Option<u16>, text: &str| {
+            crate::errors::rate_limit_message(&classify(status, text)).is_some()
+        };
+        assert!(rate_limited(Some(429), "API Error: 429"));
+        assert!(rate_limited(None, "API Error: Request rejected (429)"));
+        assert!(!rate_limited(Some(529), "API Error: 529 Overloaded"));
         assert!(!is_permanent(
             None,
             "API Error: Connection dropped (ECONNRESET)"

@@ -29,6 +29,29 @@ pub fn retryable(message: impl Into<String>, delay: Option<Duration>) -> Activit
     ActivityError::Application(Box::new(failure))
 }
 
+/// The type name of a failure caused by a rate limit: retried, after the governor has
+/// blocked every worker (see `governor`).
+pub const RATE_LIMITED: &str = "RateLimited";
+
+/// A retryable failure that says the rate limit was hit.
+pub fn rate_limited(message: impl Into<String>) -> ActivityError {
+    ActivityError::Application(Box::new(
+        ApplicationFailure::builder(message.into())
+            .type_name(RATE_LIMITED.to_string())
+            .build(),
+    ))
+}
+
+/// The message of a failure made by [`rate_limited`].
+pub fn rate_limit_message(error: &ActivityError) -> Option<String> {
+    match error {
+        ActivityError::Application(failure) if failure.type_name() == Some(RATE_LIMITED) => {
+            Some(failure.source_error().to_string())
+        }
+        _ => None,
+    }
+}
+
 /// Store failures are retried when the database may come back (it restarted, was busy,
 /// the pool was exhausted); anything else is a bug or corruption that retrying cannot fix.
 pub fn store_error(error: StoreError) -> ActivityError {

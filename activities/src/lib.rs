@@ -7,6 +7,7 @@ pub mod chat;
 pub mod chat_cli;
 mod errors;
 pub mod github;
+pub mod governor;
 mod heartbeat;
 pub mod jobs;
 pub mod mcp;

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::errors::{permanent, retryable, store_error};
 use crate::github::{CiState, CommentKind, GitHub, GitHubError, IssueUpdate, PullState};
+use crate::governor::{Governor, GovernorSettings, MODEL_SCOPE, says_rate_limited};
 use crate::heartbeat::Heartbeat;
 use crate::jobs::{JobError, JobLine, JobRequest, JobRunner};
 use crate::metrics::{ActivityMetrics, JobOutcomeLabel, JobTimer, Source, Spent};
@@ -131,6 +132,7 @@ pub struct TaskActivities {
     settings: TaskSettings,
     slots: Arc<Semaphore>,
     metrics: Option<Arc<ActivityMetrics>>,
+    governor: Governor,
 }
 
 impl TaskActivities {
@@ -142,6 +144,7 @@ impl TaskActivities {
     ) -> Self {
         let slots = Arc::new(Semaphore::new(settings.max_running_jobs.max(1)));
         TaskActivities {
+            governor: Governor::new(store.clone(), GovernorSettings::default()),
             store,
             github,
             runner,
@@ -149,6 +152,12 @@ impl TaskActivities {
             slots,
             metrics: None,
         }
+    }
+
+    /// Waits out rate limits as `settings` say.
+    pub fn with_governor(mut self, settings: GovernorSettings) -> Self {
+        self.governor = Governor::new(self.store.clone(), settings);
+        self
     }
 
     /// Records jobs, fix attempts and their spending in `metrics`.
@@ -996,6 +1005,36 @@ impl TaskActivities {
         let heartbeat_every =
             Duration::from_millis(self.settings.config.job_heartbeat_ms.max(10) / 3);
         let _heartbeat = Heartbeat::start(ctx.clone(), heartbeat_every);
+        // A job would only meet the same 429: it starts once the limit has reset, without
+        // holding a slot meanwhile. The wait is a line of the task's log.
+        self.governor
+            .wait(&ctx, MODEL_SCOPE, |limit| {
+                let line = (
+                    // One line per block: a retried attempt waiting for the same one adds none.
+                    -limit.until.timestamp_millis(),
+                    "mainloop".to_string(),
+                    format!(
+                        "Waiting for the model's rate limit to reset: the job starts at {} UTC \
+                         ({})",
+                        limit.until.format("%H:%M:%S"),
+                        limit.reason
+                    ),
+                );
+                let (store, user, task_id, job) = (
+                    self.store.clone(),
+                    user.clone(),
+                    task.id.clone(),
+                    input.name.clone(),
+                );
+                async move {
+                    store
+                        .append_task_logs(&user, &task_id, &job, &[line])
+                        .await
+                        .map(drop)
+                        .map_err(store_error)
+                }
+            })
+            .await?;
         // Tasks only hold a slot while a job runs, never while they wait for a person.
         let slot = tokio::select! {
             slot = self.slots.clone().acquire_owned() => slot
@@ -1070,6 +1109,16 @@ impl TaskActivities {
             .unwrap_or(i64::MAX),
             cost_usd: result.usage.cost_usd,
         };
+        if let Outcome::Failed {
+            error,
+            retryable: true,
+        } = &result.outcome
+            && says_rate_limited(error)
+        {
+            // Claude Code gave up retrying the 429 itself: the next job (of this task or any
+            // other, on any worker) waits for the limit to reset.
+            self.governor.rate_limited(MODEL_SCOPE, None, error).await?;
+        }
         let succeeded = !matches!(result.outcome, Outcome::Failed { .. });
         ended(if succeeded {
             JobOutcomeLabel::Succeeded

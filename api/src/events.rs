@@ -39,7 +39,7 @@ pub struct EventsQuery {
     ),
     responses(
         (status = 200, content_type = "text/event-stream",
-         description = "`id:` the event id, `event:` its kind, `data:` JSON: message.created and message.completed (Message), message.started (MessageStarted), message.delta (MessageDelta), proposal.created and proposal.updated (Proposal), thread.notice (ThreadNotice), task.updated (Task), task.log (TaskLogEvent), task.input (TaskInputEvent), inbox.updated (InboxItem)"),
+         description = "`id:` the event id, `event:` its kind, `data:` JSON: message.created and message.completed (Message), message.started (MessageStarted), message.delta (MessageDelta), message.waiting (MessageWaiting), proposal.created and proposal.updated (Proposal), thread.notice (ThreadNotice), task.updated (Task), task.log (TaskLogEvent), task.input (TaskInputEvent), inbox.updated (InboxItem)"),
         (status = 400, description = "invalid_header, invalid_query"),
         (status = 401, description = "unauthorized"),
     )

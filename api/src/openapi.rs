@@ -63,6 +63,7 @@ use utoipa::{OpenApi, ToSchema};
         crate::config::AppConfig,
         MessageStarted,
         MessageDelta,
+        MessageWaiting,
         ThreadNotice,
         TaskLogEvent,
         TaskInputEvent,
@@ -234,6 +235,20 @@ pub struct MessageDelta {
     pub text: String,
 }
 
+/// `message.waiting`: attempt `attempt` of a reply waits for the model's rate limit to reset
+/// (a 429 seen by any worker) before it calls the model. Its next `message.delta`,
+/// `message.started` or `message.completed` ends the wait.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageWaiting {
+    pub message_id: String,
+    pub attempt: i64,
+    /// When the limit resets and the reply goes on.
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// What the model's API said.
+    pub reason: String,
+}
+
 /// `thread.notice`: something to know that is not a message.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -250,7 +265,8 @@ pub struct TaskLogEvent {
     pub task_id: String,
     pub job: String,
     pub line: i64,
-    /// `agent` or `claude`.
+    /// `agent` or `claude`, or `mainloop` for what mainloop says about the job (e.g. that it
+    /// waits for the model's rate limit to reset).
     pub source: String,
     pub text: String,
 }

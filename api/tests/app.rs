@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use mainloop_api::openapi::{MessageDelta, MessageStarted, TaskInputEvent, TaskLogEvent};
+use mainloop_api::openapi::{
+    MessageDelta, MessageStarted, MessageWaiting, TaskInputEvent, TaskLogEvent,
+};
 use mainloop_api::web::inline_script_hashes;
 use mainloop_api::{AppConfig, AuthMode, WebAssets};
 use mainloop_store::{
@@ -241,6 +243,14 @@ async fn every_event_the_store_writes_fits_its_published_schema() -> anyhow::Res
         .await?
         .message;
     let reply = store.start_reply("me", &asked.id).await?.message;
+    let limit = store
+        .block_rate_limit(
+            "anthropic",
+            chrono::Utc::now(),
+            "429 rate_limit_error: slow down",
+        )
+        .await?;
+    store.reply_waiting("me", &reply.id, 1, &limit).await?;
     store.append_reply_text("me", &reply.id, 1, "On it").await?;
     store
         .create_proposal(
@@ -308,6 +318,7 @@ async fn every_event_the_store_writes_fits_its_published_schema() -> anyhow::Res
             }
             "message.started" => serde_json::from_value::<MessageStarted>(data).map(drop),
             "message.delta" => serde_json::from_value::<MessageDelta>(data).map(drop),
+            "message.waiting" => serde_json::from_value::<MessageWaiting>(data).map(drop),
             "proposal.created" | "proposal.updated" => {
                 serde_json::from_value::<Proposal>(data).map(drop)
             }
@@ -330,6 +341,7 @@ async fn every_event_the_store_writes_fits_its_published_schema() -> anyhow::Res
         "message.created",
         "message.delta",
         "message.started",
+        "message.waiting",
         "proposal.created",
         "proposal.updated",
         "task.input",

@@ -9,6 +9,7 @@
 mod compaction;
 mod error;
 mod events;
+mod limits;
 mod messages;
 pub mod model;
 mod outbox;
@@ -27,6 +28,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 
 pub use error::StoreError;
+pub use limits::RateLimit;
 pub use messages::{Accepted, SIGNAL_MESSAGE, StartedReply};
 pub use model::*;
 pub use proposals::{Decision, NewProposal, SIGNAL_PROPOSAL_DECISION};

@@ -135,6 +135,10 @@ pub mod event_kind {
     pub const MESSAGE_STARTED: &str = "message.started";
     /// Streamed text of a reply (`data`: `{message_id, attempt, text}`), to append.
     pub const MESSAGE_DELTA: &str = "message.delta";
+    /// A reply waits for the model's rate limit to reset before it calls the model
+    /// (`data`: `{message_id, attempt, until, reason}`); its next delta or completion ends
+    /// the wait.
+    pub const MESSAGE_WAITING: &str = "message.waiting";
     /// A message is complete (`data`: the message, with its full text).
     pub const MESSAGE_COMPLETED: &str = "message.completed";
     /// A proposal was made or decided (`data`: the proposal).

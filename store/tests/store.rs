@@ -87,6 +87,7 @@ on_both!(
     a_webhook_delivery_nudges_the_tasks_it_names_once,
     notes_name_the_task_they_are_about,
     tasks_are_counted_by_status_for_every_status,
+    rate_limits_only_ever_extend,
 );
 
 const WF: &str = "main-thread/alice";
@@ -634,6 +635,50 @@ async fn compaction_folds_each_message_once(store: &Store) -> Result<()> {
     let texts: Vec<_> = context.history.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(texts, ["m4", "r4"]);
     assert_eq!(store.compactions("alice").await?, vec![applied]);
+    Ok(())
+}
+
+async fn rate_limits_only_ever_extend(store: &Store) -> Result<()> {
+    use chrono::{TimeZone, Utc};
+    let at = |ms: i64| Utc.timestamp_millis_opt(ms).single().expect("a valid time");
+    assert_eq!(store.rate_limit("model").await?, None);
+    let first = store
+        .block_rate_limit("model", at(2_000_000), "429 first")
+        .await?;
+    assert_eq!(
+        (first.until, first.reason.as_str()),
+        (at(2_000_000), "429 first")
+    );
+    // A shorter block (a worker whose 429 came earlier, or said less) keeps the longer one.
+    let shorter = store
+        .block_rate_limit("model", at(1_000_000), "429 shorter")
+        .await?;
+    assert_eq!(shorter, first);
+    let longer = store
+        .block_rate_limit("model", at(3_000_000), "429 longer")
+        .await?;
+    assert_eq!(
+        (longer.until, longer.reason.as_str()),
+        (at(3_000_000), "429 longer")
+    );
+    assert_eq!(store.rate_limit("model").await?, Some(longer));
+    // Scopes are independent.
+    assert_eq!(store.rate_limit("github").await?, None);
+    // Racing workers end with the latest block.
+    let racers = (1..=20).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .block_rate_limit("race", at(5_000_000 + i * 1_000), &format!("racer {i}"))
+                .await
+        }
+    });
+    futures::future::try_join_all(racers).await?;
+    let raced = store.rate_limit("race").await?.expect("a block");
+    assert_eq!(
+        (raced.until, raced.reason.as_str()),
+        (at(5_020_000), "racer 20")
+    );
     Ok(())
 }
 

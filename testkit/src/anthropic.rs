@@ -615,6 +615,9 @@ pub struct RecordedRequest {
     pub status: u16,
     /// The error message the fake answered with, if it answered with an error.
     pub error: Option<String>,
+    /// When the request arrived (wall clock, to compare with times the system under test
+    /// stores, such as the end of a rate-limit block).
+    pub received_at: std::time::SystemTime,
 }
 
 impl RecordedRequest {
@@ -869,6 +872,7 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
     let request_id = new_id("req_");
     let (parts, body) = request.into_parts();
     let mut record = RecordedRequest {
+        received_at: std::time::SystemTime::now(),
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),

@@ -634,6 +634,7 @@ mod tests {
             body: json!({"model": "m", "max_tokens": 100, "tools": tools, "messages": messages}),
             status: 0,
             error: None,
+            received_at: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 

@@ -7,6 +7,7 @@ mod counters;
 mod dev;
 mod fault_suite;
 mod faults;
+mod governor;
 mod harness;
 mod histories;
 mod histories_paths;

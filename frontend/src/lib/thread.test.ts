@@ -6,6 +6,7 @@ import {
 	applyDelta,
 	applyProposal,
 	applyStarted,
+	applyWaiting,
 	emptyThread,
 	upsertMessage
 } from './thread';
@@ -53,6 +54,32 @@ describe('thread', () => {
 		applyDelta(thread, { message_id: 'r', attempt: 3, text: 'x' });
 		upsertMessage(thread, reply);
 		expect(thread.messages[0]).toMatchObject({ content: 'Hi there', status: 'complete' });
+	});
+
+	it('shows a reply waiting for the rate limit until its text flows again', () => {
+		const thread = emptyThread();
+		const reply = message('r', 2, { status: 'streaming', reply_to: 'u' });
+		applyStarted(thread, { message_id: 'r', reply_to: 'u', attempt: 1, message: reply });
+		const wait = { until: '2026-01-01T00:00:30Z', reason: '429 rate_limit_error' };
+		applyWaiting(thread, { message_id: 'r', attempt: 1, ...wait });
+		expect(thread.waiting['r']?.until).toBe(wait.until);
+		// Text of the same attempt ends the wait.
+		applyDelta(thread, { message_id: 'r', attempt: 1, text: 'Hi' });
+		expect(thread.waiting['r']).toBeUndefined();
+		// A wait of a newer attempt shows; a newer attempt's start clears an older wait only.
+		applyWaiting(thread, { message_id: 'r', attempt: 2, ...wait });
+		applyStarted(thread, { message_id: 'r', reply_to: 'u', attempt: 2, message: reply });
+		expect(thread.waiting['r']?.attempt).toBe(2);
+		applyStarted(thread, { message_id: 'r', reply_to: 'u', attempt: 3, message: reply });
+		expect(thread.waiting['r']).toBeUndefined();
+		// A stale attempt's wait, or one for a complete reply, is ignored.
+		applyWaiting(thread, { message_id: 'r', attempt: 2, ...wait });
+		expect(thread.waiting['r']).toBeUndefined();
+		applyWaiting(thread, { message_id: 'r', attempt: 3, ...wait });
+		applyCompleted(thread, message('r', 2, { content: 'Hi', reply_to: 'u' }));
+		expect(thread.waiting['r']).toBeUndefined();
+		applyWaiting(thread, { message_id: 'r', attempt: 3, ...wait });
+		expect(thread.waiting['r']).toBeUndefined();
 	});
 
 	it('adds and updates proposals on their message', () => {

@@ -1,16 +1,24 @@
 // The chat thread as events change it. Plain functions on a plain object, so that the
 // reactive state (state/chat.svelte.ts) and the tests share them.
-import type { Message, MessageDelta, MessageStarted, Proposal } from './api/types';
+import type {
+	Message,
+	MessageDelta,
+	MessageStarted,
+	MessageWaiting,
+	Proposal
+} from './api/types';
 
 export interface Thread {
 	/** Oldest first, by `seq`. */
 	messages: Message[];
 	/** The attempt each streaming reply is on: text of older attempts is dropped. */
 	attempts: Record<string, number>;
+	/** Replies waiting for the model's rate limit to reset, by message id. */
+	waiting: Record<string, MessageWaiting>;
 }
 
 export function emptyThread(): Thread {
-	return { messages: [], attempts: {} };
+	return { messages: [], attempts: {}, waiting: {} };
 }
 
 function indexOf(thread: Thread, id: string): number {
@@ -43,6 +51,9 @@ export function applyStarted(thread: Thread, started: MessageStarted) {
 	const existing = thread.messages[indexOf(thread, started.message_id)];
 	if (existing?.status === 'complete') return;
 	thread.attempts[started.message_id] = started.attempt;
+	if ((thread.waiting[started.message_id]?.attempt ?? 0) < started.attempt) {
+		delete thread.waiting[started.message_id];
+	}
 	// A new attempt starts from nothing.
 	upsertMessage(thread, { ...started.message, content: '', status: 'streaming' });
 }
@@ -52,6 +63,8 @@ export function applyDelta(thread: Thread, delta: MessageDelta) {
 	if (delta.attempt < current) return;
 	const message = thread.messages[indexOf(thread, delta.message_id)];
 	if (!message || message.status === 'complete') return;
+	// Text flows again: the limit has reset.
+	delete thread.waiting[delta.message_id];
 	if (delta.attempt > current) {
 		thread.attempts[delta.message_id] = delta.attempt;
 		message.content = '';
@@ -59,8 +72,17 @@ export function applyDelta(thread: Thread, delta: MessageDelta) {
 	message.content += delta.text;
 }
 
+/** A reply waits for the model's rate limit to reset; its next text ends the wait. */
+export function applyWaiting(thread: Thread, waiting: MessageWaiting) {
+	if (waiting.attempt < (thread.attempts[waiting.message_id] ?? 0)) return;
+	const message = thread.messages[indexOf(thread, waiting.message_id)];
+	if (!message || message.status === 'complete') return;
+	thread.waiting[waiting.message_id] = waiting;
+}
+
 export function applyCompleted(thread: Thread, message: Message) {
 	delete thread.attempts[message.id];
+	delete thread.waiting[message.id];
 	upsertMessage(thread, message);
 }
 

@@ -572,6 +572,23 @@ export interface components {
         };
         /** @enum {string} */
         MessageStatus: "streaming" | "complete";
+        /**
+         * @description `message.waiting`: attempt `attempt` of a reply waits for the model's rate limit to reset
+         *     (a 429 seen by any worker) before it calls the model. Its next `message.delta`,
+         *     `message.started` or `message.completed` ends the wait.
+         */
+        MessageWaiting: {
+            /** Format: int64 */
+            attempt: number;
+            message_id: string;
+            /** @description What the model's API said. */
+            reason: string;
+            /**
+             * Format: date-time
+             * @description When the limit resets and the reply goes on.
+             */
+            until: string;
+        };
         PostMessage: {
             /** @description The message text (1-32000 characters, not only white space, no NUL). */
             content: string;
@@ -724,7 +741,10 @@ export interface components {
             job: string;
             /** Format: int64 */
             line: number;
-            /** @description `agent` or `claude`. */
+            /**
+             * @description `agent` or `claude`, or `mainloop` for what mainloop says about the job (e.g. that it
+             *     waits for the model's rate limit to reset).
+             */
             source: string;
             task_id: string;
             text: string;
@@ -896,7 +916,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description `id:` the event id, `event:` its kind, `data:` JSON: message.created and message.completed (Message), message.started (MessageStarted), message.delta (MessageDelta), proposal.created and proposal.updated (Proposal), thread.notice (ThreadNotice), task.updated (Task), task.log (TaskLogEvent), task.input (TaskInputEvent), inbox.updated (InboxItem) */
+            /** @description `id:` the event id, `event:` its kind, `data:` JSON: message.created and message.completed (Message), message.started (MessageStarted), message.delta (MessageDelta), message.waiting (MessageWaiting), proposal.created and proposal.updated (Proposal), thread.notice (ThreadNotice), task.updated (Task), task.log (TaskLogEvent), task.input (TaskInputEvent), inbox.updated (InboxItem) */
             200: {
                 headers: {
                     [name: string]: unknown;

@@ -28,6 +28,7 @@ export type BudgetBody = Schemas['BudgetBody'];
 export type TaskBudget = Schemas['TaskBudget'];
 export type MessageStarted = Schemas['MessageStarted'];
 export type MessageDelta = Schemas['MessageDelta'];
+export type MessageWaiting = Schemas['MessageWaiting'];
 export type ThreadNotice = Schemas['ThreadNotice'];
 export type TaskLogEvent = Schemas['TaskLogEvent'];
 export type TaskInputEvent = Schemas['TaskInputEvent'];

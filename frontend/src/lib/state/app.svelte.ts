@@ -7,6 +7,7 @@ import type {
 	InboxItem,
 	Message,
 	MessageDelta,
+	MessageWaiting,
 	MessageStarted,
 	Proposal,
 	SessionInfo,
@@ -103,6 +104,8 @@ function dispatch({ id, kind, data }: StreamEvent) {
 			return chat.onStarted(data as MessageStarted);
 		case 'message.delta':
 			return chat.onDelta(data as MessageDelta);
+		case 'message.waiting':
+			return chat.onWaiting(data as MessageWaiting);
 		case 'message.completed':
 			return chat.onCompleted(data as Message);
 		case 'proposal.created':

@@ -1,12 +1,20 @@
 // The thread as the page shows it: loaded a page at a time backwards, kept current by
 // events, and the draft being written with its sending state.
 import { api, ApiError } from '$lib/api/client';
-import type { Message, MessageDelta, MessageStarted, Proposal, ThreadNotice } from '$lib/api/types';
+import type {
+	Message,
+	MessageDelta,
+	MessageStarted,
+	MessageWaiting,
+	Proposal,
+	ThreadNotice
+} from '$lib/api/types';
 import { keyFor, loadDraft, saveDraft, type Draft } from '$lib/draft';
 import {
 	addPage,
 	applyCompleted,
 	applyDelta,
+	applyWaiting,
 	applyProposal,
 	applyStarted,
 	upsertMessage,
@@ -20,7 +28,7 @@ export interface Notice extends ThreadNotice {
 }
 
 class ChatState {
-	thread: Thread = $state({ messages: [], attempts: {} });
+	thread: Thread = $state({ messages: [], attempts: {}, waiting: {} });
 	/** Cursor of the next older page; null once the first message is loaded. */
 	nextBefore: number | null = $state(null);
 	loadingOlder = $state(false);
@@ -44,6 +52,7 @@ class ChatState {
 		const page = await api.messages();
 		this.thread.messages = [];
 		this.thread.attempts = {};
+		this.thread.waiting = {};
 		addPage(this.thread, page.messages);
 		this.nextBefore = page.next_before ?? null;
 		return page.last_event_id;
@@ -101,6 +110,9 @@ class ChatState {
 	}
 	onDelta(data: MessageDelta) {
 		applyDelta(this.thread, data);
+	}
+	onWaiting(data: MessageWaiting) {
+		applyWaiting(this.thread, data);
 	}
 	onCompleted(message: Message) {
 		applyCompleted(this.thread, message);
