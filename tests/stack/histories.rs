@@ -179,6 +179,45 @@ async fn failed_and_retried_turns() -> Result<()> {
     keep(&stack, "failed_and_retried_turns").await
 }
 
+/// Task events queued while a turn runs wait behind a message sent after them: the user's
+/// input goes first (the `user-input-first` patch).
+#[tokio::test(flavor = "multi_thread")]
+async fn user_input_overtakes_task_events() -> Result<()> {
+    let stack = Stack::start().await?;
+    // The first turn is slow enough for the task events and the second message to queue.
+    stack
+        .anthropic
+        .push(Reply::text("slowly").with_first_token_delay(Duration::from_secs(6)));
+    let mut events = stack.events(0).await?;
+    stack.post("first", "k1").await?;
+    events
+        .collect_until(WAIT, |e| e.event == "message.started")
+        .await?;
+    for n in 1..=3 {
+        let event = format!(r#"{{"id": "e{n}", "task_id": "t{n}", "text": "Plan {n} ready"}}"#);
+        stack.signal("task_event", Some(&event)).await?;
+    }
+    stack.post("second", "k2").await?;
+    stack.wait_for_replies(2, WAIT).await?;
+    settle(&stack, 2).await?;
+    let thread = stack.thread().await?;
+    let order: Vec<&str> = thread.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "first",
+            "slowly",
+            "second",
+            "Echo: second",
+            "Plan 1 ready",
+            "Plan 2 ready",
+            "Plan 3 ready"
+        ],
+        "the thread in order"
+    );
+    keep(&stack, "user_input_overtakes_task_events").await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ignored_signals() -> Result<()> {
     let stack = Stack::start().await?;

@@ -43,6 +43,27 @@ use crate::{SEARCH_ATTRIBUTE_USER, defaults};
 /// the turn activity is idempotent besides.
 const SEEN_WINDOW: usize = 512;
 
+/// Patch id: what the user sends (messages, confirmations) is handled before task events.
+const USER_INPUT_FIRST_PATCH: &str = "user-input-first";
+
+/// The next input to handle. Task events are only lines in the thread; with `user_first`,
+/// messages and proposal decisions overtake them, so a backlog of tasks reporting at once
+/// (a thousand plans finishing after an outage) cannot keep the user waiting for a reply
+/// or a new task. Inputs of one kind keep their arrival order.
+fn next_input(inbox: &mut VecDeque<Inbound>, user_first: bool) -> Option<Inbound> {
+    let at = if user_first {
+        inbox
+            .iter()
+            .position(|inbound| inbound.signal != TASK_EVENT_SIGNAL)
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    inbox.remove(at)
+}
+
+const TASK_EVENT_SIGNAL: &str = "task_event";
+
 /// The workflow's input: who it belongs to, and what a previous run handed over.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct MainThreadInput {
@@ -196,7 +217,8 @@ impl MainThreadWorkflow {
                 compacted(ctx, &user, result).await;
                 continue;
             }
-            let Some(inbound) = ctx.state_mut(|s| s.inbox.pop_front()) else {
+            let user_first = ctx.patched(USER_INPUT_FIRST_PATCH);
+            let Some(inbound) = ctx.state_mut(|s| next_input(&mut s.inbox, user_first)) else {
                 continue;
             };
             match parse(&inbound) {
@@ -271,7 +293,7 @@ impl MainThreadWorkflow {
     #[signal(name = "task_event")]
     pub fn task_event(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: RawValue) {
         self.inbox
-            .push_back(Inbound::received("task_event", &payload));
+            .push_back(Inbound::received(TASK_EVENT_SIGNAL, &payload));
     }
 
     #[query(name = "state")]
@@ -548,5 +570,47 @@ async fn say_task_event(
         .await;
     if let Err(error) = recorded {
         tracing::error!(%error, "could not add a task note to the thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbound(signal: &str, id: &str) -> Inbound {
+        Inbound {
+            signal: signal.to_string(),
+            payload: Some(serde_json::json!({ "id": id })),
+            error: None,
+        }
+    }
+
+    fn drain(mut inbox: VecDeque<Inbound>, user_first: bool) -> Vec<String> {
+        std::iter::from_fn(|| next_input(&mut inbox, user_first))
+            .map(|i| i.payload.map(|p| p["id"].to_string()).unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn what_the_user_sends_overtakes_task_events_in_order() {
+        let inbox: VecDeque<Inbound> = [
+            inbound("task_event", "e1"),
+            inbound("message", "m1"),
+            inbound("task_event", "e2"),
+            inbound("proposal_decision", "d1"),
+            inbound("message", "m2"),
+            inbound("task_event", "e3"),
+        ]
+        .into();
+        let ids = |v: &[&str]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>();
+        assert_eq!(
+            drain(inbox.clone(), true),
+            ids(&["m1", "d1", "m2", "e1", "e2", "e3"])
+        );
+        // Histories recorded before the patch keep arrival order.
+        assert_eq!(
+            drain(inbox, false),
+            ids(&["e1", "m1", "e2", "d1", "m2", "e3"])
+        );
     }
 }
