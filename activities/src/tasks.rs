@@ -274,6 +274,10 @@ pub struct PollHumanInput {
     pub wait: HumanWait,
     /// Only comments after this time count (RFC 3339).
     pub since: String,
+    /// The comment that asked (questions or plan). GitHub's times have whole seconds, so a
+    /// reply within the same second as it counts if its id is larger (ids only grow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_comment: Option<u64>,
 }
 
 /// A decision a human wrote on GitHub.
@@ -649,7 +653,11 @@ impl TaskActivities {
             .await
             .map_err(github_error)?;
         comments.retain(|c| {
-            since.is_none_or(|s| c.created_at > s) && !task_text::is_own_comment(&c.body)
+            let later = since.is_none_or(|s| {
+                c.created_at > s
+                    || (c.created_at == s && input.asked_comment.is_some_and(|asked| c.id > asked))
+            });
+            later && !task_text::is_own_comment(&c.body)
         });
         // Newest first: the latest word counts.
         comments.sort_by_key(|c| std::cmp::Reverse(c.created_at));

@@ -561,6 +561,28 @@ async fn lgtm_from_a_user_without_write_access_approves_nothing() -> Result<()> 
     Ok(())
 }
 
+/// GitHub dates comments to the second: a reply in the same second as the plan still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_within_the_second_of_the_plan_is_read() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    ts.github.add_user("maria");
+    ts.github
+        .add_collaborator(REPO, "maria", Permission::Write)?;
+    let id = ts.confirmed_task(json!({})).await?;
+    let task = ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+    let issue = task.issue_number.context("issue")? as u64;
+    let plan = ts
+        .github
+        .comments(REPO, issue)
+        .into_iter()
+        .last()
+        .context("no plan comment")?;
+    ts.github
+        .comment_as_at("maria", REPO, issue, "LGTM, ship it", plan.created_at)?;
+    ts.wait_status(&id, TaskStatus::Implementing).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repository_we_cannot_use_is_refused_at_confirmation() -> Result<()> {
     let ts = TaskStack::start().await?;

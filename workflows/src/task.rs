@@ -103,6 +103,9 @@ pub struct Memory {
     pub questions: Vec<TaskQuestion>,
     /// When the questions or the plan were posted: only later replies on GitHub count.
     pub asked_at: Option<String>,
+    /// The id of the comment that asked: a reply in the same second as it still counts.
+    #[serde(default)]
+    pub asked_comment: Option<u64>,
     pub answers: Vec<Answer>,
     pub revision: Option<String>,
     pub plan_version: u32,
@@ -946,6 +949,7 @@ async fn plan(ctx: &Ctx, config: &TaskConfig) -> Step {
         );
         ctx.state_mut(|s| {
             s.mem.questions = questions;
+            s.mem.asked_comment = Some(posted.id);
             s.mem.asked_at = Some(posted.created_at);
         });
         return Step::Next(Phase::Questions);
@@ -983,6 +987,7 @@ async fn plan(ctx: &Ctx, config: &TaskConfig) -> Step {
     );
     ctx.state_mut(|s| {
         s.mem.asked_at = Some(posted.created_at.clone());
+        s.mem.asked_comment = Some(posted.id);
         s.mem.plan_comment = Some(posted);
     });
     Step::Next(Phase::PlanReview)
@@ -1018,10 +1023,11 @@ async fn wait_for_human(
                 interval = (interval.saturating_mul(3) / 2).min(config.human_poll_max_ms.max(1));
             }
         }
-        let (issue, since) = ctx.state(|s| {
+        let (issue, since, asked_comment) = ctx.state(|s| {
             (
                 s.mem.issue.as_ref().map(|i| i.number),
                 s.mem.asked_at.clone(),
+                s.mem.asked_comment,
             )
         });
         let Some(issue) = issue else { continue };
@@ -1033,6 +1039,7 @@ async fn wait_for_human(
                     issue,
                     wait: wait.clone(),
                     since: since.unwrap_or_default(),
+                    asked_comment,
                 },
                 github_options(config),
             )

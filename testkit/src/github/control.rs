@@ -192,6 +192,28 @@ impl FakeGitHub {
         })
     }
 
+    /// As [`comment_as`](Self::comment_as), dated `at` (whole seconds, as GitHub's): e.g. a
+    /// reply within the second of the comment it answers.
+    ///
+    /// # Errors
+    /// If the user, repository or issue does not exist.
+    pub fn comment_as_at(
+        &self,
+        login: &str,
+        repo: &str,
+        number: u64,
+        body: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<u64> {
+        use chrono::SubsecRound;
+        let key = key(repo);
+        self.shared().mutate(|st| {
+            let author = Self::require_user(st, login)?;
+            st.add_comment_at(&key, number, &author, body, at.trunc_subsecs(0))
+                .with_context(|| format!("no issue {repo}#{number}"))
+        })
+    }
+
     /// Reacts as `login` on an issue comment or review comment; returns the reaction id (the
     /// existing one if the user already reacted so).
     ///

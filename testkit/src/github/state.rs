@@ -357,9 +357,20 @@ impl State {
     /// Adds a conversation comment and bumps the issue's `updated_at`; `None` if the issue
     /// does not exist.
     pub fn add_comment(&mut self, key: &str, number: u64, author: &str, body: &str) -> Option<u64> {
+        self.add_comment_at(key, number, author, body, now())
+    }
+
+    /// As [`add_comment`](Self::add_comment), dated `at`.
+    pub fn add_comment_at(
+        &mut self,
+        key: &str,
+        number: u64,
+        author: &str,
+        body: &str,
+        at: DateTime<Utc>,
+    ) -> Option<u64> {
         self.issue(key, number)?;
         let id = self.next_id();
-        let at = now();
         self.comments.insert(
             id,
             CommentRec {
