@@ -1,12 +1,6 @@
 // The chat thread as events change it. Plain functions on a plain object, so that the
 // reactive state (state/chat.svelte.ts) and the tests share them.
-import type {
-	Message,
-	MessageDelta,
-	MessageStarted,
-	MessageWaiting,
-	Proposal
-} from './api/types';
+import type { Message, MessageDelta, MessageStarted, MessageWaiting, Proposal } from './api/types';
 
 export interface Thread {
 	/** Oldest first, by `seq`. */
