@@ -718,8 +718,8 @@ async fn unknown_url_schemes_are_refused_without_leaking_secrets() {
     }
 }
 
-/// A confirmed task for alice on acme/web.
-async fn confirmed_task(store: &Store, id: &str) -> Result<mainloop_store::Task> {
+/// A pending proposal `id` for alice on acme/web, in a reply to a message of hers.
+async fn pending_proposal(store: &Store, id: &str) -> Result<()> {
     let m = store
         .accept_user_message("alice", &format!("k-{id}"), "add dark mode", WF)
         .await?
@@ -739,6 +739,12 @@ async fn confirmed_task(store: &Store, id: &str) -> Result<mainloop_store::Task>
             },
         )
         .await?;
+    Ok(())
+}
+
+/// A confirmed task for alice on acme/web.
+async fn confirmed_task(store: &Store, id: &str) -> Result<mainloop_store::Task> {
+    pending_proposal(store, id).await?;
     let (_, task) = store
         .confirm_proposal("alice", id, &ConfirmOverrides::default(), WF)
         .await?;
@@ -808,25 +814,7 @@ async fn confirming_a_proposal_creates_its_task_once(store: &Store) -> Result<()
 async fn racing_decisions_on_a_proposal_take_one(store: &Store) -> Result<()> {
     for round in 0..5 {
         let id = format!("race-{round}");
-        let m = store
-            .accept_user_message("alice", &format!("k-{id}"), "add dark mode", WF)
-            .await?
-            .message;
-        let reply = store.start_reply("alice", &m.id).await?.message;
-        store
-            .create_proposal(
-                "alice",
-                &NewProposal {
-                    id: id.clone(),
-                    message_id: reply.id.clone(),
-                    title: "Add dark mode".into(),
-                    description: "Follow the system theme".into(),
-                    repo: "acme/web".into(),
-                    model: None,
-                    skip_planning: false,
-                },
-            )
-            .await?;
+        pending_proposal(store, &id).await?;
         // Confirms and rejects at once: one decision wins, the others are conflicts.
         let decisions = futures::future::join_all((0..10).map(|i| {
             let id = id.clone();

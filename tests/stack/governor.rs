@@ -4,10 +4,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use mainloop_testkit::anthropic::Reply;
 use mainloop_testkit::sse::{SseClient, SseEvent};
-use serde_json::Value;
 
 use mainloop_store::TaskStatus;
 
@@ -19,29 +18,6 @@ const BOB: &str = "bob@example.com";
 const IDENTITY: &str = "tailscale-user-login";
 /// Long enough for a fresh worker to start and take Bob's turn while the block holds.
 const RETRY_AFTER_SECS: u64 = 8;
-
-async fn post(stack: &Stack, user: &str, content: &str) -> Result<Value> {
-    let response = reqwest::Client::new()
-        .post(stack.url("/api/messages"))
-        .header(IDENTITY, user)
-        .header(
-            "idempotency-key",
-            format!("{}-{content}", user.replace('@', ".")),
-        )
-        .json(&serde_json::json!({ "content": content }))
-        .send()
-        .await?;
-    let status = response.status();
-    let body: Value = response.json().await?;
-    if status.as_u16() != 202 {
-        bail!("POST /api/messages as {user} answered {status}: {body}");
-    }
-    Ok(body)
-}
-
-async fn events(stack: &Stack, user: &str) -> Result<SseClient> {
-    SseClient::connect(&stack.url("/api/events?after=0"), &[(IDENTITY, user)], None).await
-}
 
 fn is(event: &SseEvent, kind: &str) -> bool {
     event.event == kind
@@ -78,11 +54,13 @@ async fn a_429_on_one_worker_makes_every_worker_wait_and_shows_the_wait() -> Res
         )
         .retry_after(RETRY_AFTER_SECS),
     );
-    let mut alice_events = events(&stack, ALICE).await?;
-    let mut bob_events = events(&stack, BOB).await?;
+    let mut alice_events = stack.events_as(&[(IDENTITY, ALICE)], 0).await?;
+    let mut bob_events = stack.events_as(&[(IDENTITY, BOB)], 0).await?;
 
     // Alice's turn meets the 429 on the first worker, and her reply says it waits.
-    post(&stack, ALICE, "first").await?;
+    stack
+        .post_as(&[(IDENTITY, ALICE)], "first", "alice-1")
+        .await?;
     let seen = alice_events
         .collect_until(WAIT, |e| is(e, "message.waiting"))
         .await?;
@@ -102,7 +80,7 @@ async fn a_429_on_one_worker_makes_every_worker_wait_and_shows_the_wait() -> Res
     // A worker that never saw the 429 takes over; Bob's turn runs on it.
     stack.kill_worker().await?;
     stack.start_worker().await?;
-    post(&stack, BOB, "second").await?;
+    stack.post_as(&[(IDENTITY, BOB)], "second", "bob-1").await?;
     let bob_seen = bob_events
         .collect_until(WAIT, |e| {
             is(e, "message.waiting") || (is(e, "message.completed") && e.data.contains("Echo"))

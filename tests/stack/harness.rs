@@ -208,10 +208,25 @@ impl Stack {
 
     /// Posts a message; returns the stored message.
     pub async fn post(&self, content: &str, key: &str) -> Result<Value> {
-        let response = self
+        self.post_as(&[], content, key).await
+    }
+
+    /// Posts a message with extra request headers (e.g. a proxy's identity header); returns
+    /// the stored message.
+    pub async fn post_as(
+        &self,
+        headers: &[(&str, &str)],
+        content: &str,
+        key: &str,
+    ) -> Result<Value> {
+        let mut request = self
             .http
             .post(self.url("/api/messages"))
-            .header("idempotency-key", key)
+            .header("idempotency-key", key);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
             .json(&serde_json::json!({ "content": content }))
             .send()
             .await?;
@@ -238,7 +253,17 @@ impl Stack {
 
     /// The event stream after `after`.
     pub async fn events(&self, after: i64) -> Result<SseClient> {
-        SseClient::connect(&self.url(&format!("/api/events?after={after}")), &[], None).await
+        self.events_as(&[], after).await
+    }
+
+    /// The event stream after `after`, with extra request headers (e.g. an identity).
+    pub async fn events_as(&self, headers: &[(&str, &str)], after: i64) -> Result<SseClient> {
+        SseClient::connect(
+            &self.url(&format!("/api/events?after={after}")),
+            headers,
+            None,
+        )
+        .await
     }
 
     /// The whole thread, from the database.

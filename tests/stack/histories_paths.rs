@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use mainloop_store::TaskStatus;
-use mainloop_testkit::github::{CiScript, Permission};
+use mainloop_testkit::github::CiScript;
 use serde_json::json;
 
 use crate::harness::{Stack, USER, WAIT, main_thread};
@@ -51,31 +51,11 @@ async fn task_on_github_closed_unmerged() -> Result<()> {
     ])
     .await?;
     ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
-    ts.github.add_user("maria");
-    ts.github
-        .add_collaborator(REPO, "maria", Permission::Write)?;
-    let id = ts.confirmed_task(json!({})).await?;
-    let task = ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
-    let issue = task.issue_number.context("issue")? as u64;
-    // Only comments after the plan's count, and GitHub's times have whole seconds: reply once
-    // the task has read the issue again in a later second than the plan's.
-    let posted = ts
-        .github
-        .comments(REPO, issue)
-        .iter()
-        .map(|c| c.created_at.timestamp())
-        .max()
-        .unwrap_or_default();
+    let (id, issue) = ts.plan_under_review("maria").await?;
+    // Reply once the task is polling the issue, so the approval is read by a poll.
     let reads = |v: &mainloop_testkit::github::GitHubView<'_>| comment_reads(v, issue);
     let seen = ts.github.view(reads);
-    ts.github
-        .wait_until(TASK_WAIT, |v| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            reads(v) > seen && now > posted
-        })
-        .await?;
+    ts.github.wait_until(TASK_WAIT, |v| reads(v) > seen).await?;
     ts.github
         .comment_as("maria", REPO, issue, "LGTM, ship it")?;
     let ready = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;

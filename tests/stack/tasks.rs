@@ -290,6 +290,18 @@ impl TaskStack {
         marker
     }
 
+    /// Makes `reviewer` a collaborator with write access, confirms a task that plans, and
+    /// waits until its plan awaits review; returns the task id and its issue number.
+    pub async fn plan_under_review(&self, reviewer: &str) -> Result<(String, u64)> {
+        self.github.add_user(reviewer);
+        self.github
+            .add_collaborator(REPO, reviewer, Permission::Write)?;
+        let id = self.confirmed_task(json!({})).await?;
+        let task = self.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+        let issue = task.issue_number.context("no issue")? as u64;
+        Ok((id, issue))
+    }
+
     /// Waits until a line of the task's job log contains `text`.
     pub async fn wait_for_log(&self, id: &str, text: &str) -> Result<()> {
         self.wait_for(|| async {
@@ -541,12 +553,7 @@ async fn ci_that_never_passes_fails_after_five_fixes_and_retry_resumes_the_ci_ph
 async fn lgtm_from_a_user_without_write_access_approves_nothing() -> Result<()> {
     let ts = TaskStack::start().await?;
     ts.github.add_user("mallory");
-    ts.github.add_user("maria");
-    ts.github
-        .add_collaborator(REPO, "maria", Permission::Write)?;
-    let id = ts.confirmed_task(json!({})).await?;
-    let task = ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
-    let issue = task.issue_number.context("issue")? as u64;
+    let (id, issue) = ts.plan_under_review("maria").await?;
     ts.github.comment_as("mallory", REPO, issue, "lgtm")?;
     // Let the task read the issue's comments a few times after mallory's comment.
     let reads = |v: &mainloop_testkit::github::GitHubView<'_>| comment_reads(v, issue);
@@ -565,12 +572,7 @@ async fn lgtm_from_a_user_without_write_access_approves_nothing() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reply_within_the_second_of_the_plan_is_read() -> Result<()> {
     let ts = TaskStack::start().await?;
-    ts.github.add_user("maria");
-    ts.github
-        .add_collaborator(REPO, "maria", Permission::Write)?;
-    let id = ts.confirmed_task(json!({})).await?;
-    let task = ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
-    let issue = task.issue_number.context("issue")? as u64;
+    let (id, issue) = ts.plan_under_review("maria").await?;
     let plan = ts
         .github
         .comments(REPO, issue)

@@ -41,7 +41,7 @@ pub(super) fn spread(samples: &[Duration]) -> serde_json::Value {
 const BACKLOG_WAIT: Duration = Duration::from_secs(600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fault suite (minutes of repeated crashes per test): run by `make test-faults`, see docs/reliability.md"]
+#[ignore = "fault suite: holds Temporal down for 60 s while posting (about 90 s); run by `make test-faults`, results in docs/reliability.md"]
 async fn temporal_unreachable_for_a_minute_loses_no_accepted_message() -> Result<()> {
     let started = Instant::now();
     let outage = env_seconds("MAINLOOP_FAULT_TEMPORAL_OUTAGE_SECS", 60);
@@ -180,7 +180,7 @@ async fn acknowledged_past(load: &Load, from: usize, n: usize) -> Result<usize> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fault suite (minutes of repeated crashes per test): run by `make test-faults`, see docs/reliability.md"]
+#[ignore = "fault suite: crashes PostgreSQL 10 times under load (about 20 s plus set-up); run by `make test-faults`, results in docs/reliability.md"]
 async fn postgres_restarted_under_load_stores_each_acknowledged_message_once() -> Result<()> {
     let started = Instant::now();
     let restarts = env_number("MAINLOOP_FAULT_PG_RESTARTS", 10);

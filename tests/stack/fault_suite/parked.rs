@@ -95,7 +95,7 @@ async fn chat_answers(ts: &TaskStack, backlog: &[String]) -> Result<(Duration, u
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fault suite (minutes of repeated crashes per test): run by `make test-faults`, see docs/reliability.md"]
+#[ignore = "fault suite: parks 1,000 tasks on a human (tens of minutes at the default); run by `make test-faults`, results in docs/reliability.md"]
 async fn a_thousand_parked_tasks_answered_while_the_worker_is_down_each_process_their_answer_once()
 -> Result<()> {
     let n = figures::count("MAINLOOP_FAULT_PARKED", 1000);

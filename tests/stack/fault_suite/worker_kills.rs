@@ -338,7 +338,7 @@ async fn tally_tasks(ts: &TaskStack, gates: &Path, trials: usize, tally: &mut Ta
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fault suite (minutes of repeated crashes per test): run by `make test-faults`, see docs/reliability.md"]
+#[ignore = "fault suite: kills the worker 50 times through the real Claude Code CLI (about 7 min); run by `make test-faults`, results in docs/reliability.md"]
 async fn the_worker_killed_mid_activity_50_times_loses_and_duplicates_nothing() -> Result<()> {
     let chat_trials = figures::count("MAINLOOP_FAULT_CHAT_TRIALS", 38);
     let job_trials = figures::count("MAINLOOP_FAULT_JOB_TRIALS", 12);
