@@ -1086,12 +1086,14 @@ impl TaskActivities {
         drop(slot);
         let Some(result) = result else {
             ended(JobOutcomeLabel::Cancelled);
-            if let Err(error) = self.runner.cancel(&task.id, &input.name).await {
-                tracing::warn!(%error, job = %input.name, "could not stop a cancelled job");
-            }
             forwarder.abort();
-            // The run stays open: a retried attempt (after a timeout) runs the job again under
-            // the same name and closes it; a cancel by the workflow closes it in `jobs.cancel`.
+            // The job goes on. The SDK cancels this attempt both when the workflow cancels the
+            // job and when Temporal gave up on the attempt (a heartbeat it missed or, after a
+            // server restart, never persisted) and scheduled the next, and cannot tell which.
+            // The next attempt re-attaches to the job by its name; a workflow's cancel stops it
+            // and closes its run in `jobs.cancel`. Stopping it here made its agent write a
+            // retryable failure, which the next attempt read, and the task ran it again.
+            tracing::info!(job = %input.name, "job attempt cancelled; the job itself goes on");
             return Err(ActivityError::cancelled());
         };
         // The runner has dropped its sender: the forwarder drains what is left and ends.

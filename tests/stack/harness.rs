@@ -51,9 +51,14 @@ impl Stack {
         env: &[(&str, &str)],
         role_env: &[(&str, &str, &str)],
     ) -> Result<Stack> {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("mainloop-stack-")
             .tempdir()?;
+        // For diagnosing a failed fault run: its logs and Temporal's database outlive the test.
+        if std::env::var_os("MAINLOOP_KEEP_STACK").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping the stack's files in {}", dir.path().display());
+        }
         let pg = PgServer::start().await?;
         let database_url = pg.create_database("mainloop").await?;
         let mut options = DevServerOptions::ephemeral()?;
@@ -192,6 +197,13 @@ impl Stack {
             }
         }
         Ok(())
+    }
+
+    /// Freezes the worker (SIGSTOP) or lets it go on (SIGCONT): a worker too busy or too
+    /// starved to heartbeat, as Temporal sees it.
+    pub fn freeze_worker(&self, frozen: bool) -> Result<()> {
+        let worker = self.worker.as_ref().context("no worker running")?;
+        worker.signal(if frozen { libc::SIGSTOP } else { libc::SIGCONT })
     }
 
     /// The last lines of the worker's log, for failure messages.

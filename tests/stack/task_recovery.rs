@@ -88,6 +88,79 @@ async fn a_worker_killed_mid_job_still_finishes_with_one_issue_one_pr_and_no_dup
     Ok(())
 }
 
+/// Temporal gives up on a job's activity attempt (no heartbeat in time: here the worker is
+/// frozen; after a Temporal restart, a heartbeat it never persisted) and schedules the next
+/// attempt. The job itself is fine: the next attempt re-attaches to it under the same name, and
+/// the abandoned attempt, cancelled by the SDK when its next heartbeat is refused, leaves it
+/// running. It used to stop the job, whose agent then wrote a retryable failure that the next
+/// attempt read, and the task ran the job again under a new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_attempt_temporal_gave_up_on_is_re_attached_not_run_again() -> Result<()> {
+    let ts = TaskStack::start_with(&[("MAINLOOP_JOB_HEARTBEAT_TIMEOUT", "2s")]).await?;
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    let gate = tempfile::tempdir()?;
+    let started = gate.path().join("started");
+    let go = gate.path().join("go");
+    let command = format!(
+        "echo ran >> {started}; while [ ! -f {go} ]; do sleep 0.05; done; \
+         printf 'pub fn greet() {{}}\\n' >> src/greet.rs",
+        started = started.display(),
+        go = go.display()
+    );
+    ts.stack.anthropic.set_default(move |request| {
+        if job_kind(request) == Some(JobKind::Implement) {
+            return bash(&command);
+        }
+        scripted_model(request)
+    });
+    let id = ts.confirmed_task(json!({})).await?;
+    approve_plan(&ts, &id).await?;
+    wait_until(|| started.exists()).await?;
+
+    ts.stack.freeze_worker(true)?;
+    let next_attempt = job_attempt_after(&ts, &id, 1).await;
+    ts.stack.freeze_worker(false)?;
+    next_attempt?;
+    std::fs::write(&go, "")?;
+
+    ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    assert_eq!(std::fs::read_to_string(&started)?.lines().count(), 1);
+    assert_eq!(ts.runs(&id, "implement").await?, 1);
+    assert_eq!(ts.github.pulls(REPO).len(), 1);
+    Ok(())
+}
+
+/// Waits until Temporal has scheduled the task's `jobs.run` for an attempt after `attempt`.
+async fn job_attempt_after(ts: &TaskStack, id: &str, attempt: u64) -> Result<()> {
+    let workflow = mainloop_store::task_workflow_id(id);
+    let deadline = tokio::time::Instant::now() + crate::tasks::TASK_WAIT;
+    loop {
+        let described = ts
+            .stack
+            .temporal
+            .cli(&["workflow", "describe", "-w", &workflow, "-o", "json"])
+            .await?;
+        let described: serde_json::Value = serde_json::from_str(&described)?;
+        let later = described["pendingActivities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| {
+                a["activityType"]["name"] == "jobs.run"
+                    && a["attempt"].as_u64().is_some_and(|n| n > attempt)
+            });
+        if later {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "jobs.run stayed at attempt {attempt}: {described}"
+        );
+        // Only the server knows the attempt; asking is the only way to see it change.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// A task whose CI never passes, failed after one fix.
 async fn failed_task(ts: &TaskStack) -> Result<String> {
     ts.github.set_ci(REPO, CiScript::NeverPass)?;

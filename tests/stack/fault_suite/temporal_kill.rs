@@ -319,7 +319,15 @@ async fn temporal_killed_with_over_100_workflows_in_flight_keeps_and_finishes_th
         };
         let (p, m) = (ts.runs(id, "plan").await?, ts.runs(id, "implement").await?);
         if p != plans || m != 1 {
-            duplicated.push(format!("{}: {p} plan and {m} implement runs", titles[i]));
+            let runs = ts.stack.store.task_runs(USER, id).await?;
+            let runs: Vec<String> = runs
+                .iter()
+                .map(|r| format!("{} {} {:?}", r.job, r.status, r.summary))
+                .collect();
+            duplicated.push(format!(
+                "{} ({id}): {p} plan and {m} implement runs: {runs:#?}",
+                titles[i]
+            ));
         }
     }
     let pulls = ts.github.pulls(REPO).len();
