@@ -243,7 +243,8 @@ pub struct ApiArgs {
 
 #[derive(Debug, Args)]
 pub struct QueueArgs {
-    /// Task queue of mainloop's workflows and activities; the jobs have their own, `<queue>-jobs`.
+    /// Task queue of the tasks' workflows and activities; main threads run on `<queue>-chat`,
+    /// jobs on `<queue>-jobs`.
     #[arg(long, env = "MAINLOOP_TASK_QUEUE", default_value = mainloop_workflows::DEFAULT_TASK_QUEUE)]
     pub task_queue: String,
 }

@@ -21,8 +21,8 @@ use mainloop_api::{
     TemporalLink, WebAssets,
 };
 use mainloop_store::{Backend, Store, TaskBudget, redact_url};
-use mainloop_workflows::TemporalSettings;
 use mainloop_workflows::worker::{self, Implementations, WorkerSettings};
+use mainloop_workflows::{TemporalSettings, chat_task_queue};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
@@ -355,7 +355,9 @@ pub async fn run_worker(
             tracing::info!(backend = backend.describe(), model = %chat.chat_model, "chat");
         }
     }
-    let settings = chat_settings(chat);
+    let mut settings = chat_settings(chat);
+    settings.thread.task_queue = Some(queue.task_queue.clone());
+    settings.thread.chat_queue = Some(chat_task_queue(&queue.task_queue));
     if parts
         .github
         .github_token
@@ -476,6 +478,9 @@ pub fn chat_settings(chat: &ChatArgs) -> ChatSettings {
                 retry_attempts: chat.turn_retry_attempts,
             },
             compaction: mainloop_workflows::defaults::compaction_timing(),
+            // Known where the worker's queue is (see `run_worker`).
+            task_queue: None,
+            chat_queue: None,
         },
     }
 }

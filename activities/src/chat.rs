@@ -79,6 +79,14 @@ pub struct ThreadConfig {
     pub keep_recent: u32,
     pub turn: ActivityTiming,
     pub compaction: ActivityTiming,
+    /// The task queue of the tasks the thread starts; none: the thread's own (as before
+    /// threads had a queue of their own).
+    #[serde(default)]
+    pub task_queue: Option<String>,
+    /// The thread's own task queue, which it moves to when it continues as new; none: it
+    /// stays where it is.
+    #[serde(default)]
+    pub chat_queue: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

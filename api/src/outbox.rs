@@ -10,7 +10,9 @@ use anyhow::anyhow;
 use mainloop_store::{OutboxItem, SIGNAL_GITHUB, SIGNAL_MESSAGE, SIGNAL_PROPOSAL_DECISION, Store};
 use mainloop_workflows::WorkerTaskWorkflow;
 use mainloop_workflows::payload::json_payload;
-use mainloop_workflows::{MainThreadInput, MainThreadWorkflow, SEARCH_ATTRIBUTE_USER};
+use mainloop_workflows::{
+    MainThreadInput, MainThreadWorkflow, SEARCH_ATTRIBUTE_USER, chat_task_queue,
+};
 use temporalio_client::{Client, WorkflowSignalOptions, WorkflowStartOptions};
 use temporalio_common::search_attributes::SearchAttributes;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,7 @@ use crate::temporal::TemporalLink;
 
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
+    /// mainloop's task queue; main threads start on its chat queue.
     pub task_queue: String,
     /// Items claimed per round.
     pub batch: i64,
@@ -188,7 +191,8 @@ async fn deliver(
         user: item.user_id.clone(),
         carry: Default::default(),
     };
-    let options = WorkflowStartOptions::new(settings.task_queue.clone(), item.workflow_id.clone())
+    let queue = chat_task_queue(&settings.task_queue);
+    let options = WorkflowStartOptions::new(queue, item.workflow_id.clone())
         .search_attributes(SearchAttributes::new([
             SEARCH_ATTRIBUTE_USER.value_set(item.user_id.clone())
         ]))

@@ -266,6 +266,56 @@ async fn compaction_and_continue_as_new() -> Result<()> {
     keep(&stack, "compaction_and_continue_as_new").await
 }
 
+/// A main thread started on mainloop's task queue (as every thread was before threads had a
+/// queue of their own) moves to the chat queue when it continues as new, and answers there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thread_from_before_the_chat_queue_moves_there() -> Result<()> {
+    let stack = Stack::start_with(&[("MAINLOOP_TURNS_PER_RUN", "1")]).await?;
+    let input = json!({ "user": USER }).to_string();
+    stack
+        .temporal
+        .cli(&[
+            "workflow",
+            "start",
+            "--task-queue",
+            mainloop_workflows::DEFAULT_TASK_QUEUE,
+            "--type",
+            "MainThreadWorkflow",
+            "--workflow-id",
+            &main_thread(),
+            "--input",
+            &input,
+        ])
+        .await?;
+    stack.post("hello", "k1").await?;
+    stack.wait_for_replies(1, WAIT).await?;
+    stack.post("and again", "k2").await?;
+    stack.wait_for_replies(2, WAIT).await?;
+    settle(&stack, 2).await?;
+    let listed = stack
+        .temporal
+        .cli(&[
+            "workflow",
+            "list",
+            "-q",
+            &format!("WorkflowId = '{}'", main_thread()),
+            "-o",
+            "json",
+        ])
+        .await?;
+    let mut runs: Vec<(String, String)> = serde_json::from_str::<Vec<Value>>(&listed)?
+        .iter()
+        .map(|run| {
+            let field = |name: &str| run[name].as_str().unwrap_or_default().to_string();
+            (field("startTime"), field("taskQueue"))
+        })
+        .collect();
+    runs.sort();
+    let queues: Vec<&str> = runs.iter().map(|(_, queue)| queue.as_str()).collect();
+    assert_eq!(queues, ["mainloop", "mainloop-chat", "mainloop-chat"]);
+    keep(&stack, "moves_to_its_own_queue").await
+}
+
 /// Waits until workflow `workflow_id` has closed (completed, failed, …).
 pub(crate) async fn wait_closed(stack: &Stack, workflow_id: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;

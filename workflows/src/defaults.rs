@@ -17,6 +17,8 @@ pub fn thread_config() -> ThreadConfig {
             retry_attempts: 8,
         },
         compaction: compaction_timing(),
+        task_queue: None,
+        chat_queue: None,
     }
 }
 

@@ -30,6 +30,13 @@ pub fn job_task_queue(task_queue: &str) -> String {
     format!("{task_queue}-jobs")
 }
 
+/// The task queue of the main threads (and so their chat turns) of the workflows on
+/// `task_queue`. Its own worker polls it, so a reply or a confirmed proposal never queues
+/// behind the workflow tasks of hundreds of tasks reporting at once.
+pub fn chat_task_queue(task_queue: &str) -> String {
+    format!("{task_queue}-chat")
+}
+
 /// Search attributes (registered on the namespace; see `temporal/`).
 pub const SEARCH_ATTRIBUTE_USER: SearchAttributeKey<String> =
     SearchAttributeKey::keyword("MainloopUser");

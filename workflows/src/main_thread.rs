@@ -237,7 +237,7 @@ impl MainThreadWorkflow {
                     if remember(ctx, &format!("proposal:{}", decision.proposal_id))
                         && decision.decision == "confirmed"
                     {
-                        start_task(ctx, &user, decision).await;
+                        start_task(ctx, &config, &user, decision).await;
                     }
                 }
                 Ok(Input::TaskEvent(event)) => {
@@ -268,12 +268,21 @@ impl MainThreadWorkflow {
                     compactions: s.compactions,
                     runs: s.runs,
                 });
+                // A thread started before threads had a queue of their own moves there now.
+                let options = ContinueAsNewOptions::builder()
+                    .maybe_task_queue(
+                        config
+                            .chat_queue
+                            .clone()
+                            .filter(|queue| queue != ctx.task_queue()),
+                    )
+                    .build();
                 ctx.continue_as_new(
                     MainThreadInput {
                         user: user.clone(),
                         carry,
                     },
-                    ContinueAsNewOptions::default(),
+                    options,
                 )?;
             }
         }
@@ -511,6 +520,7 @@ async fn notice(ctx: &WorkflowContext<MainThreadWorkflow>, user: &str, level: &s
 /// (continue-as-new) and the thread itself: parent-close ABANDON.
 async fn start_task(
     ctx: &WorkflowContext<MainThreadWorkflow>,
+    config: &ThreadConfig,
     user: &str,
     decision: ProposalDecisionSignal,
 ) {
@@ -529,6 +539,7 @@ async fn start_task(
         .workflow_id(task_workflow_id(&task_id))
         .parent_close_policy(ParentClosePolicy::Abandon)
         .static_summary(title)
+        .maybe_task_queue(config.task_queue.clone())
         .build();
     match ctx
         .start_child_workflow(WorkerTaskWorkflow::run, input, options)

@@ -1,6 +1,6 @@
-//! The Temporal workers of a `mainloop worker` process: one for mainloop's task queue (its
-//! workflows and activities) and one for its job queue (the jobs, `MAINLOOP_MAX_JOBS` at a
-//! time); registration of the search attributes they use; and run loops that outlive Temporal
+//! The Temporal workers of a `mainloop worker` process: one for mainloop's task queue (the
+//! tasks' workflows and activities), one for its chat queue (the main threads and their chat
+//! turns) and one for its job queue (the jobs, `MAINLOOP_MAX_JOBS` at a time); registration of the search attributes they use; and run loops that outlive Temporal
 //! outages and drain gracefully on shutdown.
 
 use std::collections::HashMap;
@@ -24,7 +24,9 @@ use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::{MainThreadWorkflow, SEARCH_ATTRIBUTES, WorkerTaskWorkflow, job_task_queue};
+use crate::{
+    MainThreadWorkflow, SEARCH_ATTRIBUTES, WorkerTaskWorkflow, chat_task_queue, job_task_queue,
+};
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -78,6 +80,8 @@ pub async fn run(
         Some(&settings.polling),
         || {
             Ok(WorkerOptions::new(settings.task_queue.clone())
+                // Main threads started before they had a queue of their own run here until
+                // they continue as new.
                 .register_workflow::<MainThreadWorkflow>()?
                 .register_workflow::<WorkerTaskWorkflow>()?
                 .register_activities(Shared(chat.clone()))
@@ -87,6 +91,16 @@ pub async fn run(
                 .build())
         },
     );
+    // The people's side: a reply or a confirmation is polled for on its own, never behind
+    // the workflow tasks of hundreds of tasks that all got their answers at once.
+    let chat_worker = keep_running("chat worker", &runtime, &client, &shutdown, None, || {
+        Ok(WorkerOptions::new(chat_task_queue(&settings.task_queue))
+            .register_workflow::<MainThreadWorkflow>()?
+            .register_activities(Shared(chat.clone()))
+            .graceful_shutdown_period(settings.graceful_shutdown)
+            .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
+            .build())
+    });
     // Activities only: as many slots as jobs may run, so a job is taken from the queue only
     // when it can start.
     let jobs = keep_running("job worker", &runtime, &client, &shutdown, None, || {
@@ -103,7 +117,7 @@ pub async fn run(
             .build())
     });
     // Either failing for good ends both: the process exits and is restarted whole.
-    tokio::try_join!(main, jobs).map(|_| ())
+    tokio::try_join!(main, chat_worker, jobs).map(|_| ())
 }
 
 /// Runs the SDK worker that `options` describes until `shutdown` is cancelled, rebuilding it

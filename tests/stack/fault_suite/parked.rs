@@ -187,6 +187,16 @@ async fn a_thousand_parked_tasks_answered_while_the_worker_is_down_each_process_
             "wall_s": started.elapsed().as_secs(),
         }),
     )?;
+    // Served promptly: a backlog this size takes minutes to drain, and what the user sends
+    // must not wait for it. Smaller runs drain too fast for the share to mean anything.
+    if n >= 200 {
+        assert!(
+            drained_at_chat < n / 4 && drained_at_fresh < n / 4,
+            "the user waited for the backlog: the chat replied after {chat_reply:?} \
+             ({drained_at_chat} of {n} drained), the new task planned after \
+             {fresh_planning:?} ({drained_at_fresh} of {n} drained)"
+        );
+    }
     assert!(
         not_once.is_empty(),
         "{} not processed once: {:#?}",
