@@ -5,7 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use mainloop_store::Message;
+use mainloop_activities::governor::MODEL_SCOPE;
+use mainloop_store::{Message, MessageStatus};
 use mainloop_workflows::main_thread_id;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -42,6 +43,20 @@ pub struct MessagePage {
     /// Follow `GET /api/events?after=` from here to miss nothing that happens after this page
     /// was read.
     pub last_event_id: i64,
+    /// The model's rate limit, while it holds replies back; only on a page with a reply still
+    /// streaming, which waits for it unless it began before the limit (what the stream's
+    /// `message.waiting` said before this page was read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_limit: Option<ModelLimit>,
+}
+
+/// A rate limit of the model's API that every worker waits out (a 429 seen by any of them).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelLimit {
+    /// When the limit resets and waiting replies go on.
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// What the model's API said.
+    pub reason: String,
 }
 
 #[utoipa::path(
@@ -82,10 +97,28 @@ pub async fn list(
     } else {
         None
     };
+    // Asked only when a reply may be waiting: most pages cost no extra statement.
+    let streaming = messages
+        .iter()
+        .any(|m| m.status == MessageStatus::Streaming);
+    let model_limit = if streaming {
+        state
+            .store
+            .rate_limit(MODEL_SCOPE)
+            .await?
+            .filter(|limit| limit.until > chrono::Utc::now())
+            .map(|limit| ModelLimit {
+                until: limit.until,
+                reason: limit.reason,
+            })
+    } else {
+        None
+    };
     Ok(Json(MessagePage {
         messages,
         next_before,
         last_event_id,
+        model_limit,
     }))
 }
 

@@ -64,6 +64,7 @@ use utoipa::{OpenApi, ToSchema};
         MessageStarted,
         MessageDelta,
         MessageWaiting,
+        crate::messages::ModelLimit,
         ThreadNotice,
         TaskLogEvent,
         TaskInputEvent,

@@ -403,3 +403,28 @@ async fn the_document_places_each_parameter_where_the_api_reads_it() {
         assert_eq!(app.get(query).await.status().as_u16(), status, "{query}");
     }
 }
+
+#[tokio::test]
+async fn a_page_read_while_the_model_is_rate_limited_says_until_when_its_reply_waits()
+-> anyhow::Result<()> {
+    let app = App::start(AuthMode::None, None).await;
+    let store = &app.store;
+    let asked = store
+        .accept_user_message("me", "k1", "add dark mode", "main-thread/me")
+        .await?
+        .message;
+    let until = chrono::Utc::now() + chrono::Duration::seconds(60);
+    store
+        .block_rate_limit("anthropic", until, "429 rate_limit_error: slow down")
+        .await?;
+    let page: Value = app.get("/api/messages").await.json().await?;
+    assert!(page.get("model_limit").is_none(), "no reply waits: {page}");
+
+    store.start_reply("me", &asked.id).await?;
+    let page: Value = app.get("/api/messages").await.json().await?;
+    let limit = &page["model_limit"];
+    let shown: chrono::DateTime<chrono::Utc> = serde_json::from_value(limit["until"].clone())?;
+    assert_eq!(shown.timestamp_millis(), until.timestamp_millis());
+    assert_eq!(limit["reason"], "429 rate_limit_error: slow down");
+    Ok(())
+}

@@ -4,6 +4,7 @@ import {
 	addPage,
 	applyCompleted,
 	applyDelta,
+	applyModelLimit,
 	applyProposal,
 	applyStarted,
 	applyWaiting,
@@ -54,6 +55,21 @@ describe('thread', () => {
 		applyDelta(thread, { message_id: 'r', attempt: 3, text: 'x' });
 		upsertMessage(thread, reply);
 		expect(thread.messages[0]).toMatchObject({ content: 'Hi there', status: 'complete' });
+	});
+
+	it('shows the replies of a page read during a rate limit waiting, until their text flows', () => {
+		const thread = emptyThread();
+		addPage(thread, [
+			message('done', 1, { content: 'Hi' }),
+			message('r', 2, { status: 'streaming', reply_to: 'u' })
+		]);
+		const limit = { until: '2026-01-01T00:00:30Z', reason: '429 rate_limit_error' };
+		applyModelLimit(thread, limit);
+		expect(Object.keys(thread.waiting)).toEqual(['r']);
+		expect(thread.waiting['r']).toMatchObject({ attempt: 0, ...limit });
+		// Whatever attempt the reply is on when it goes on, its text ends the wait.
+		applyDelta(thread, { message_id: 'r', attempt: 2, text: 'Hello' });
+		expect(thread.waiting['r']).toBeUndefined();
 	});
 
 	it('shows a reply waiting for the rate limit until its text flows again', () => {

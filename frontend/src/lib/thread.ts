@@ -1,6 +1,13 @@
 // The chat thread as events change it. Plain functions on a plain object, so that the
 // reactive state (state/chat.svelte.ts) and the tests share them.
-import type { Message, MessageDelta, MessageStarted, MessageWaiting, Proposal } from './api/types';
+import type {
+	Message,
+	MessageDelta,
+	MessageStarted,
+	MessageWaiting,
+	ModelLimit,
+	Proposal
+} from './api/types';
 
 export interface Thread {
 	/** Oldest first, by `seq`. */
@@ -72,6 +79,20 @@ export function applyWaiting(thread: Thread, waiting: MessageWaiting) {
 	const message = thread.messages[indexOf(thread, waiting.message_id)];
 	if (!message || message.status === 'complete') return;
 	thread.waiting[waiting.message_id] = waiting;
+}
+
+/** A page read while the model's rate limit holds replies back: its streaming replies wait
+ * for it (the `message.waiting` events that said so came before the page). */
+export function applyModelLimit(thread: Thread, limit: ModelLimit) {
+	for (const message of thread.messages) {
+		if (message.status !== 'streaming' || thread.waiting[message.id]) continue;
+		thread.waiting[message.id] = {
+			message_id: message.id,
+			attempt: thread.attempts[message.id] ?? 0,
+			until: limit.until,
+			reason: limit.reason
+		};
+	}
 }
 
 export function applyCompleted(thread: Thread, message: Message) {

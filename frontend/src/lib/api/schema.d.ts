@@ -554,6 +554,7 @@ export interface components {
             last_event_id: number;
             /** @description Oldest first. */
             messages: components["schemas"]["Message"][];
+            model_limit?: components["schemas"]["ModelLimit"] | null;
             /**
              * Format: int64
              * @description Pass as `before` to get the previous page; absent when this page reaches the first
@@ -586,6 +587,16 @@ export interface components {
             /**
              * Format: date-time
              * @description When the limit resets and the reply goes on.
+             */
+            until: string;
+        };
+        /** @description A rate limit of the model's API that every worker waits out (a 429 seen by any of them). */
+        ModelLimit: {
+            /** @description What the model's API said. */
+            reason: string;
+            /**
+             * Format: date-time
+             * @description When the limit resets and waiting replies go on.
              */
             until: string;
         };

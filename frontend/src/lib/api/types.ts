@@ -29,6 +29,7 @@ export type TaskBudget = Schemas['TaskBudget'];
 export type MessageStarted = Schemas['MessageStarted'];
 export type MessageDelta = Schemas['MessageDelta'];
 export type MessageWaiting = Schemas['MessageWaiting'];
+export type ModelLimit = Schemas['ModelLimit'];
 export type ThreadNotice = Schemas['ThreadNotice'];
 export type TaskLogEvent = Schemas['TaskLogEvent'];
 export type TaskInputEvent = Schemas['TaskInputEvent'];

@@ -15,6 +15,7 @@ import {
 	applyCompleted,
 	applyDelta,
 	applyWaiting,
+	applyModelLimit,
 	applyProposal,
 	applyStarted,
 	upsertMessage,
@@ -54,6 +55,7 @@ class ChatState {
 		this.thread.attempts = {};
 		this.thread.waiting = {};
 		addPage(this.thread, page.messages);
+		if (page.model_limit) applyModelLimit(this.thread, page.model_limit);
 		this.nextBefore = page.next_before ?? null;
 		return page.last_event_id;
 	}
