@@ -1,12 +1,13 @@
 //! The outbox relay: delivers the signals the API stored (a message for the main thread, a
-//! decision on a proposal) to Temporal with signal-with-start, in order per workflow, retrying
-//! with backoff while Temporal is unreachable. Delivery is at least once; workflows
+//! decision on a proposal, a task's input) to Temporal with signal-with-start, in order per
+//! workflow and many workflows at once, retrying with backoff while Temporal is unreachable. Delivery is at least once; workflows
 //! de-duplicate by the input's id.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use futures::StreamExt;
 use mainloop_store::{OutboxItem, SIGNAL_GITHUB, SIGNAL_MESSAGE, SIGNAL_PROPOSAL_DECISION, Store};
 use mainloop_workflows::WorkerTaskWorkflow;
 use mainloop_workflows::payload::json_payload;
@@ -94,17 +95,43 @@ async fn wait_for_work(store: &Store, shutdown: &CancellationToken) {
     }
 }
 
+/// Deliveries in flight at once, each to a different workflow. One at a time, a thousand task
+/// answers posted during an outage took tens of seconds to go out once Temporal was back, and
+/// a chat message posted behind them waited for all of them.
+const LANES: usize = 16;
+
+/// Delivers `items` (oldest first): each workflow's in order, different workflows' at once.
 async fn deliver_batch(
     store: &Store,
     client: &Client,
     settings: &RelaySettings,
     items: Vec<OutboxItem>,
 ) {
-    // Once an item of a workflow fails, the rest of that workflow's items wait for it.
-    let mut held: HashSet<String> = HashSet::new();
+    let mut lanes: Vec<Vec<OutboxItem>> = Vec::new();
+    let mut lane_of: HashMap<String, usize> = HashMap::new();
+    for item in items {
+        let lane = *lane_of.entry(item.workflow_id.clone()).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[lane].push(item);
+    }
+    futures::stream::iter(lanes)
+        .for_each_concurrent(LANES, |lane| deliver_lane(store, client, settings, lane))
+        .await;
+}
+
+/// Delivers one workflow's items in order; once one fails, the rest wait for it.
+async fn deliver_lane(
+    store: &Store,
+    client: &Client,
+    settings: &RelaySettings,
+    items: Vec<OutboxItem>,
+) {
+    let mut held = false;
     for item in items {
         let retry_in = backoff(settings, item.attempts);
-        if held.contains(&item.workflow_id) {
+        if held {
             record(settings, || store.outbox_retry(item.id, None, retry_in)).await;
             continue;
         }
@@ -132,7 +159,7 @@ async fn deliver_batch(
                         "signal not delivered yet; will retry"
                     );
                 }
-                held.insert(item.workflow_id.clone());
+                held = true;
                 record(settings, || {
                     store.outbox_retry(item.id, Some(&message), retry_in)
                 })
