@@ -1,7 +1,7 @@
 //! The outbox relay: delivers the signals the API stored (a message for the main thread, a
 //! decision on a proposal, a task's input) to Temporal with signal-with-start, in order per
-//! workflow and many workflows at once, retrying with backoff while Temporal is unreachable. Delivery is at least once; workflows
-//! de-duplicate by the input's id.
+//! workflow and many workflows at once, retrying with backoff while Temporal is unreachable.
+//! Delivery is at least once; workflows de-duplicate by the input's id.
 
 use std::collections::HashMap;
 use std::time::Duration;
