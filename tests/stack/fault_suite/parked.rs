@@ -188,10 +188,12 @@ async fn a_thousand_parked_tasks_answered_while_the_worker_is_down_each_process_
         }),
     )?;
     // Served promptly: a backlog this size takes minutes to drain, and what the user sends
-    // must not wait for it. Smaller runs drain too fast for the share to mean anything.
+    // must not wait for it. Smaller runs drain too fast for the share to mean anything. The
+    // chat has a queue of its own; a new task's first workflow task still queues behind the
+    // backlog's on the tasks' queue (docs/reliability.md), so its bar is half the backlog.
     if n >= 200 {
         assert!(
-            drained_at_chat < n / 4 && drained_at_fresh < n / 4,
+            drained_at_chat < n / 4 && drained_at_fresh < n / 2,
             "the user waited for the backlog: the chat replied after {chat_reply:?} \
              ({drained_at_chat} of {n} drained), the new task planned after \
              {fresh_planning:?} ({drained_at_fresh} of {n} drained)"
