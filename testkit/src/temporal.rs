@@ -197,6 +197,11 @@ impl DevServer {
             Some(path) => Output::File(path.clone()),
             None => Output::Null,
         };
+        // A group of its own: a terminal's Ctrl-C reaches only the parent, which stops the
+        // server after its workers have reported their last results. Interrupted together, the
+        // server went first and `mainloop dev` took half a minute to stop, its worker retrying
+        // those reports against a server that was gone.
+        command.process_group(0);
         // SIGTERM on our death lets the server close its SQLite file cleanly.
         let child = ChildProcess::spawn("temporal", &mut command, output, libc::SIGTERM)
             .map_err(StartError::Other)?;

@@ -40,6 +40,8 @@ fn dev_command(data: &std::path::Path, ports: (u16, u16, u16)) -> Result<Command
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
+        // Its own process group, as a shell gives a foreground job, for `interrupt`.
+        .process_group(0)
         .kill_on_drop(true);
     Ok(command)
 }
@@ -86,10 +88,11 @@ async fn spawn_dev(mut command: Command) -> Result<Dev> {
     })
 }
 
+/// Ctrl-C as a terminal sends it: to the whole process group of `mainloop dev`.
 async fn interrupt(dev: &mut Dev) -> Result<std::process::ExitStatus> {
     let pid = dev.process.id().context("already exited")?;
     let status = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args(["-INT", "--", &format!("-{pid}")])
         .status()
         .await?;
     assert!(status.success());
