@@ -68,9 +68,18 @@ printf '%s\n' '{result}'
 
 /// A task stack whose jobs run the stub CLI, `max_jobs` at a time; CI always passes.
 pub async fn stub_stack(stub_dir: &Path, max_jobs: usize) -> Result<TaskStack> {
+    stub_stack_with(stub_dir, max_jobs, &[]).await
+}
+
+/// [`stub_stack`] with `env` overriding its settings.
+pub async fn stub_stack_with(
+    stub_dir: &Path,
+    max_jobs: usize,
+    env: &[(&str, &str)],
+) -> Result<TaskStack> {
     let claude = stub_claude(stub_dir)?.display().to_string();
     let max_jobs = max_jobs.to_string();
-    let ts = TaskStack::start_with(&[
+    let mut settings = vec![
         ("MAINLOOP_CLAUDE_BIN", claude.as_str()),
         ("MAINLOOP_MAX_JOBS", max_jobs.as_str()),
         // Held jobs wait for the whole stack of tasks to park, minutes on a loaded machine.
@@ -80,8 +89,10 @@ pub async fn stub_stack(stub_dir: &Path, max_jobs: usize) -> Result<TaskStack> {
         ("MAINLOOP_HUMAN_POLL_MAX", "5s"),
         ("MAINLOOP_REVIEW_POLL", "5s"),
         ("MAINLOOP_REVIEW_POLL_MAX", "30s"),
-    ])
-    .await?;
+    ];
+    // Later settings win.
+    settings.extend_from_slice(env);
+    let ts = TaskStack::start_with(&settings).await?;
     ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
     Ok(ts)
 }
