@@ -34,22 +34,14 @@ impl Store {
         reason: &str,
     ) -> Result<RateLimit> {
         let (until_ms, reason): (i64, String) = db!(self, |pool, pg| {
-            // The same statement but for the name of "the larger of two".
-            let sql = if pg {
-                "INSERT INTO rate_limits (scope, until_ms, reason) VALUES ($1, $2, $3) \
+            // CASE, not GREATEST (PostgreSQL) or MAX (SQLite): one statement for both backends.
+            let sql = "INSERT INTO rate_limits (scope, until_ms, reason) VALUES ($1, $2, $3) \
                  ON CONFLICT (scope) DO UPDATE SET \
                    reason = CASE WHEN excluded.until_ms > rate_limits.until_ms \
                             THEN excluded.reason ELSE rate_limits.reason END, \
-                   until_ms = GREATEST(rate_limits.until_ms, excluded.until_ms) \
-                 RETURNING until_ms, reason"
-            } else {
-                "INSERT INTO rate_limits (scope, until_ms, reason) VALUES ($1, $2, $3) \
-                 ON CONFLICT (scope) DO UPDATE SET \
-                   reason = CASE WHEN excluded.until_ms > rate_limits.until_ms \
-                            THEN excluded.reason ELSE rate_limits.reason END, \
-                   until_ms = MAX(rate_limits.until_ms, excluded.until_ms) \
-                 RETURNING until_ms, reason"
-            };
+                   until_ms = CASE WHEN excluded.until_ms > rate_limits.until_ms \
+                              THEN excluded.until_ms ELSE rate_limits.until_ms END \
+                 RETURNING until_ms, reason";
             sqlx::query_as(sql)
                 .bind(scope)
                 .bind(until.timestamp_millis())

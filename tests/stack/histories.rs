@@ -36,8 +36,9 @@ pub(crate) async fn settle(stack: &Stack, turns: u64) -> Result<()> {
     }
 }
 
-/// Every run of workflow `workflow_id`, oldest first, in the SDK's history JSON.
-pub(crate) async fn histories(stack: &Stack, workflow_id: &str) -> Result<Vec<Vec<u8>>> {
+/// Every run of workflow `workflow_id`, oldest first, as `temporal workflow list -o json`
+/// describes it (`execution.runId`, `taskQueue`, `status`, …).
+pub(crate) async fn runs_of(stack: &Stack, workflow_id: &str) -> Result<Vec<Value>> {
     let listed = stack
         .temporal
         .cli(&[
@@ -49,19 +50,23 @@ pub(crate) async fn histories(stack: &Stack, workflow_id: &str) -> Result<Vec<Ve
             "json",
         ])
         .await?;
-    let mut runs: Vec<(String, String)> = serde_json::from_str::<Vec<Value>>(&listed)?
+    let mut runs: Vec<Value> = serde_json::from_str(&listed)?;
+    runs.sort_by_key(|run| run["startTime"].as_str().unwrap_or_default().to_string());
+    Ok(runs)
+}
+
+/// Every run of workflow `workflow_id`, oldest first, in the SDK's history JSON.
+pub(crate) async fn histories(stack: &Stack, workflow_id: &str) -> Result<Vec<Vec<u8>>> {
+    let runs: Vec<String> = runs_of(stack, workflow_id)
+        .await?
         .iter()
         .map(|run| {
-            (
-                run["startTime"].as_str().unwrap_or_default().to_string(),
-                run["execution"]["runId"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
+            run["execution"]["runId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
         })
         .collect();
-    runs.sort();
     let client = mainloop_workflows::TemporalSettings::local(
         &stack.temporal.address(),
         stack.temporal.namespace(),
@@ -70,7 +75,7 @@ pub(crate) async fn histories(stack: &Stack, workflow_id: &str) -> Result<Vec<Ve
     .connect()
     .await?;
     let mut out = Vec::new();
-    for (_, run) in runs {
+    for run in runs {
         let info = WorkflowExecutionInfo::builder()
             .namespace(stack.temporal.namespace())
             .workflow_id(workflow_id)
@@ -292,26 +297,11 @@ async fn a_thread_from_before_the_chat_queue_moves_there() -> Result<()> {
     stack.post("and again", "k2").await?;
     stack.wait_for_replies(2, WAIT).await?;
     settle(&stack, 2).await?;
-    let listed = stack
-        .temporal
-        .cli(&[
-            "workflow",
-            "list",
-            "-q",
-            &format!("WorkflowId = '{}'", main_thread()),
-            "-o",
-            "json",
-        ])
-        .await?;
-    let mut runs: Vec<(String, String)> = serde_json::from_str::<Vec<Value>>(&listed)?
+    let runs = runs_of(&stack, &main_thread()).await?;
+    let queues: Vec<&str> = runs
         .iter()
-        .map(|run| {
-            let field = |name: &str| run[name].as_str().unwrap_or_default().to_string();
-            (field("startTime"), field("taskQueue"))
-        })
+        .map(|run| run["taskQueue"].as_str().unwrap_or_default())
         .collect();
-    runs.sort();
-    let queues: Vec<&str> = runs.iter().map(|(_, queue)| queue.as_str()).collect();
     assert_eq!(queues, ["mainloop", "mainloop-chat", "mainloop-chat"]);
     keep(&stack, "moves_to_its_own_queue").await
 }

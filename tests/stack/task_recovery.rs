@@ -42,39 +42,71 @@ fn plain_issues(ts: &TaskStack) -> usize {
         .count()
 }
 
+/// A task (CI always passes) whose implementation job notes each time it runs, then holds
+/// until [`HeldJob::release`].
+struct HeldJob {
+    task: String,
+    started: std::path::PathBuf,
+    go: std::path::PathBuf,
+    _gate: tempfile::TempDir,
+}
+
+impl HeldJob {
+    /// Confirms the task, approves its plan and returns once its implementation job runs.
+    async fn start(ts: &TaskStack) -> Result<HeldJob> {
+        ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+        let gate = tempfile::tempdir()?;
+        let started = gate.path().join("started");
+        let go = gate.path().join("go");
+        let command = format!(
+            "echo ran >> {started}; while [ ! -f {go} ]; do sleep 0.05; done; \
+             printf 'pub fn greet() {{}}\\n' >> src/greet.rs",
+            started = started.display(),
+            go = go.display()
+        );
+        ts.stack.anthropic.set_default(move |request| {
+            if job_kind(request) == Some(JobKind::Implement) {
+                return bash(&command);
+            }
+            scripted_model(request)
+        });
+        let task = ts.confirmed_task(json!({})).await?;
+        approve_plan(ts, &task).await?;
+        wait_until(|| started.exists()).await?;
+        Ok(HeldJob {
+            task,
+            started,
+            go,
+            _gate: gate,
+        })
+    }
+
+    fn release(&self) -> Result<()> {
+        Ok(std::fs::write(&self.go, "")?)
+    }
+
+    /// How many times the job's command has run.
+    fn executions(&self) -> Result<usize> {
+        Ok(std::fs::read_to_string(&self.started)?.lines().count())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_mid_job_still_finishes_with_one_issue_one_pr_and_no_duplicates()
 -> Result<()> {
     let mut ts = TaskStack::start().await?;
-    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
-    let gate = tempfile::tempdir()?;
-    let started = gate.path().join("started");
-    let go = gate.path().join("go");
-    // The implementation job notes that it ran, then holds until the test lets it go.
-    let command = format!(
-        "echo ran >> {started}; while [ ! -f {go} ]; do sleep 0.05; done; \
-         printf 'pub fn greet() {{}}\\n' >> src/greet.rs",
-        started = started.display(),
-        go = go.display()
-    );
-    ts.stack.anthropic.set_default(move |request| {
-        if job_kind(request) == Some(JobKind::Implement) {
-            return bash(&command);
-        }
-        scripted_model(request)
-    });
-    let id = ts.confirmed_task(json!({})).await?;
-    approve_plan(&ts, &id).await?;
-    wait_until(|| started.exists()).await?;
+    let job = HeldJob::start(&ts).await?;
 
     ts.stack.kill_worker().await?;
-    std::fs::write(&go, "")?;
+    job.release()?;
     ts.stack.start_worker().await?;
 
-    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    let task = ts
+        .wait_status(&job.task, TaskStatus::ReadyForReview)
+        .await?;
     // The job outlived the worker and was picked up again, not started a second time.
-    assert_eq!(std::fs::read_to_string(&started)?.lines().count(), 1);
-    assert_eq!(ts.runs(&id, "implement").await?, 1);
+    assert_eq!(job.executions()?, 1);
+    assert_eq!(ts.runs(&job.task, "implement").await?, 1);
     assert_eq!(plain_issues(&ts), 1);
     assert_eq!(ts.github.pulls(REPO).len(), 1);
     let issue = task.issue_number.context("issue")? as u64;
@@ -97,35 +129,18 @@ async fn a_worker_killed_mid_job_still_finishes_with_one_issue_one_pr_and_no_dup
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_attempt_temporal_gave_up_on_is_re_attached_not_run_again() -> Result<()> {
     let ts = TaskStack::start_with(&[("MAINLOOP_JOB_HEARTBEAT_TIMEOUT", "2s")]).await?;
-    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
-    let gate = tempfile::tempdir()?;
-    let started = gate.path().join("started");
-    let go = gate.path().join("go");
-    let command = format!(
-        "echo ran >> {started}; while [ ! -f {go} ]; do sleep 0.05; done; \
-         printf 'pub fn greet() {{}}\\n' >> src/greet.rs",
-        started = started.display(),
-        go = go.display()
-    );
-    ts.stack.anthropic.set_default(move |request| {
-        if job_kind(request) == Some(JobKind::Implement) {
-            return bash(&command);
-        }
-        scripted_model(request)
-    });
-    let id = ts.confirmed_task(json!({})).await?;
-    approve_plan(&ts, &id).await?;
-    wait_until(|| started.exists()).await?;
+    let job = HeldJob::start(&ts).await?;
 
     ts.stack.freeze_worker(true)?;
-    let next_attempt = job_attempt_after(&ts, &id, 1).await;
+    let next_attempt = job_attempt_after(&ts, &job.task, 1).await;
     ts.stack.freeze_worker(false)?;
     next_attempt?;
-    std::fs::write(&go, "")?;
+    job.release()?;
 
-    ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
-    assert_eq!(std::fs::read_to_string(&started)?.lines().count(), 1);
-    assert_eq!(ts.runs(&id, "implement").await?, 1);
+    ts.wait_status(&job.task, TaskStatus::ReadyForReview)
+        .await?;
+    assert_eq!(job.executions()?, 1);
+    assert_eq!(ts.runs(&job.task, "implement").await?, 1);
     assert_eq!(ts.github.pulls(REPO).len(), 1);
     Ok(())
 }
