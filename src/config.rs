@@ -305,6 +305,11 @@ pub struct ChatArgs {
     /// Turns per main-thread workflow run before it continues as new.
     #[arg(long, env = "MAINLOOP_TURNS_PER_RUN", default_value_t = 100)]
     pub turns_per_run: u32,
+    /// History events after which a main-thread run continues as new, whatever its turns: task
+    /// starts and task news add history without turns, and a worker that restarts replays the
+    /// whole run before the thread answers again.
+    #[arg(long, env = "MAINLOOP_THREAD_HISTORY_LIMIT", default_value_t = 1000)]
+    pub thread_history_limit: u32,
     /// Compact the thread when more messages than this are not yet summarised.
     #[arg(long, env = "MAINLOOP_COMPACTION_THRESHOLD", default_value_t = 40)]
     pub compaction_threshold: i64,

@@ -22,7 +22,7 @@ use mainloop_api::{
 };
 use mainloop_store::{Backend, Store, TaskBudget, redact_url};
 use mainloop_workflows::worker::{self, Implementations, WorkerSettings};
-use mainloop_workflows::{TemporalSettings, chat_task_queue};
+use mainloop_workflows::{TemporalSettings, chat_task_queue, intake_task_queue};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
@@ -358,6 +358,7 @@ pub async fn run_worker(
     let mut settings = chat_settings(chat);
     settings.thread.task_queue = Some(queue.task_queue.clone());
     settings.thread.chat_queue = Some(chat_task_queue(&queue.task_queue));
+    settings.thread.intake_queue = Some(intake_task_queue(&queue.task_queue));
     if parts
         .github
         .github_token
@@ -390,7 +391,7 @@ pub async fn run_worker(
                 store,
                 github_client(parts.github)?,
                 job_runner(&parts).await?,
-                task_settings(parts.tasks),
+                task_settings_on(parts.tasks, &queue.task_queue),
             )
             .with_governor(governor)
             .with_metrics(activity_metrics),
@@ -468,6 +469,7 @@ pub fn chat_settings(chat: &ChatArgs) -> ChatSettings {
         heartbeat_interval: Duration::from_millis((heartbeat_ms / 3).max(100)),
         thread: ThreadConfig {
             turns_per_run: chat.turns_per_run,
+            history_limit: Some(chat.thread_history_limit),
             compaction_threshold: chat.compaction_threshold,
             keep_recent: chat.keep_recent,
             turn: ActivityTiming {
@@ -481,6 +483,7 @@ pub fn chat_settings(chat: &ChatArgs) -> ChatSettings {
             // Known where the worker's queue is (see `run_worker`).
             task_queue: None,
             chat_queue: None,
+            intake_queue: None,
         },
     }
 }
@@ -509,6 +512,14 @@ pub fn github_client(args: &GitHubArgs) -> Result<GitHub> {
 }
 
 /// The task activities' settings, and the task workflow's, from the command line.
+/// `task_settings` for the tasks of `task_queue`: where they settle once they leave the intake
+/// queue, and where their jobs go.
+fn task_settings_on(tasks: &TaskArgs, task_queue: &str) -> TaskSettings {
+    let mut settings = task_settings(tasks);
+    settings.config.task_queue = Some(task_queue.to_string());
+    settings
+}
+
 pub fn task_settings(tasks: &TaskArgs) -> TaskSettings {
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     TaskSettings {

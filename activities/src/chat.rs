@@ -73,6 +73,10 @@ pub struct ActivityTiming {
 pub struct ThreadConfig {
     /// Turns per workflow run before continuing as new (keeps history bounded).
     pub turns_per_run: u32,
+    /// History events after which a run continues as new even short of `turns_per_run`; none:
+    /// only turns count (a thread from before the limit).
+    #[serde(default)]
+    pub history_limit: Option<u32>,
     /// Compact when more messages than this are not yet summarised.
     pub compaction_threshold: i64,
     /// Messages left verbatim by a compaction.
@@ -87,6 +91,10 @@ pub struct ThreadConfig {
     /// stays where it is.
     #[serde(default)]
     pub chat_queue: Option<String>,
+    /// The task queue the thread starts new tasks on (they move to `task_queue` when they first
+    /// wait); none: `task_queue`.
+    #[serde(default)]
+    pub intake_queue: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

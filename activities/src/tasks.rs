@@ -76,6 +76,10 @@ pub struct TaskConfig {
     /// Limits of a task that names none of its own (resolved once, when the task starts).
     #[serde(default)]
     pub budget: TaskBudget,
+    /// The task queue a task settles on when it first waits (leaving the intake queue it
+    /// started on), and whose job queue its jobs go to; none: the task's own queue.
+    #[serde(default)]
+    pub task_queue: Option<String>,
 }
 
 impl Default for TaskConfig {
@@ -103,6 +107,7 @@ impl Default for TaskConfig {
                 max_cost_usd: None,
                 max_ci_attempts: Some(5),
             },
+            task_queue: None,
         }
     }
 }

@@ -271,6 +271,28 @@ async fn compaction_and_continue_as_new() -> Result<()> {
     keep(&stack, "compaction_and_continue_as_new").await
 }
 
+/// A run whose history passes `MAINLOOP_THREAD_HISTORY_LIMIT` continues as new long before its
+/// turns run out, and the conversation goes on across the runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_history_continues_as_new_before_its_turns_run_out() -> Result<()> {
+    let stack = Stack::start_with(&[
+        ("MAINLOOP_TURNS_PER_RUN", "100"),
+        ("MAINLOOP_THREAD_HISTORY_LIMIT", "10"),
+    ])
+    .await?;
+    for i in 0..3 {
+        stack
+            .post(&format!("message {i}"), &format!("k{i}"))
+            .await?;
+        stack.wait_for_replies(i + 1, WAIT).await?;
+    }
+    settle(&stack, 3).await?;
+    let runs = runs_of(&stack, &main_thread()).await?;
+    assert!(runs.len() >= 3, "{} runs for 3 turns", runs.len());
+    assert_eq!(stack.thread_state().await?["turns_total"], 3);
+    keep(&stack, "continues_as_new_on_history_length").await
+}
+
 /// A main thread started on mainloop's task queue (as every thread was before threads had a
 /// queue of their own) moves to the chat queue when it continues as new, and answers there.
 #[tokio::test(flavor = "multi_thread")]
@@ -392,7 +414,23 @@ async fn task_from_questions_to_merge() -> Result<()> {
     ts.wait_status(&id, TaskStatus::Merged).await?;
     let workflow = format!("task/{id}");
     wait_closed(&ts.stack, &workflow).await?;
-    keep_workflow(&ts.stack, &workflow, "task", "from_questions_to_merge").await?;
+    // It started on the intake queue and left it, with one continue-as-new, when it first
+    // waited for a person.
+    let queues: Vec<String> = runs_of(&ts.stack, &workflow)
+        .await?
+        .iter()
+        .map(|run| run["taskQueue"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(queues, ["mainloop-intake", "mainloop"]);
+    // The corpus keeps `from_questions_to_merge`, recorded before the intake queue, as the
+    // history of a task that never moves.
+    keep_workflow(
+        &ts.stack,
+        &workflow,
+        "task",
+        "from_questions_to_merge_via_intake",
+    )
+    .await?;
     settle(&ts.stack, 1).await?;
     keep_workflow(
         &ts.stack,

@@ -7,6 +7,7 @@ use mainloop_activities::chat::{ActivityTiming, ThreadConfig};
 pub fn thread_config() -> ThreadConfig {
     ThreadConfig {
         turns_per_run: 100,
+        history_limit: Some(1000),
         compaction_threshold: 40,
         keep_recent: 20,
         turn: ActivityTiming {
@@ -19,6 +20,7 @@ pub fn thread_config() -> ThreadConfig {
         compaction: compaction_timing(),
         task_queue: None,
         chat_queue: None,
+        intake_queue: None,
     }
 }
 

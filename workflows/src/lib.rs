@@ -37,6 +37,14 @@ pub fn chat_task_queue(task_queue: &str) -> String {
     format!("{task_queue}-chat")
 }
 
+/// The task queue new tasks start on, for the workflows on `task_queue`. A task leaves it for
+/// `task_queue` when it first waits (for a person or for CI), so what waits here is only tasks
+/// at their start: a new task is never queued behind the replays of hundreds of parked tasks
+/// that were all answered while no worker ran.
+pub fn intake_task_queue(task_queue: &str) -> String {
+    format!("{task_queue}-intake")
+}
+
 /// Search attributes (registered on the namespace; see `temporal/`).
 pub const SEARCH_ATTRIBUTE_USER: SearchAttributeKey<String> =
     SearchAttributeKey::keyword("MainloopUser");

@@ -256,7 +256,20 @@ impl MainThreadWorkflow {
                 }
             }
             let turns_this_run = ctx.state(|s| s.turns_this_run);
-            if turns_this_run >= config.turns_per_run.max(1) || ctx.continue_as_new_suggested() {
+            // Task starts and task news grow the history without turns; a restarted worker
+            // replays the whole run before the thread can answer, so its length is bounded too.
+            // Preferably once the inputs in hand are handled: the server refuses to close a run
+            // while signals keep arriving, and each refusal costs a full replay. A stream of
+            // task news may never leave the inbox empty, hence the hard bound at twice the limit.
+            let long = config.history_limit.is_some_and(|limit| {
+                let length = ctx.history_length();
+                (length > limit && ctx.state(|s| s.inbox.is_empty()))
+                    || length > limit.saturating_mul(2)
+            });
+            if turns_this_run >= config.turns_per_run.max(1)
+                || long
+                || ctx.continue_as_new_suggested()
+            {
                 // A new run must not inherit a compaction it cannot see finish.
                 if let Some(running) = compaction.take() {
                     compacted(ctx, &user, running.await).await;
@@ -534,12 +547,13 @@ async fn start_task(
         skip_planning: decision.skip_planning.unwrap_or(false),
         resume: None,
         budget: decision.budget,
+        on_intake: config.intake_queue.is_some(),
     };
     let options = ChildWorkflowOptions::builder()
         .workflow_id(task_workflow_id(&task_id))
         .parent_close_policy(ParentClosePolicy::Abandon)
         .static_summary(title)
-        .maybe_task_queue(config.task_queue.clone())
+        .maybe_task_queue(config.intake_queue.clone().or(config.task_queue.clone()))
         .build();
     match ctx
         .start_child_workflow(WorkerTaskWorkflow::run, input, options)

@@ -66,6 +66,11 @@ pub struct TaskInput {
     /// defaults when the task starts.
     #[serde(default)]
     pub budget: Option<TaskBudget>,
+    /// The task runs on the intake queue it started on and moves when it first waits (see
+    /// `leaving_intake`). Told by the input, not by the worker's queue: a replayer polls a
+    /// queue of its own.
+    #[serde(default)]
+    pub on_intake: bool,
 }
 
 /// Where the task is; each phase can be run again by `retry`.
@@ -214,6 +219,7 @@ pub struct WorkerTaskWorkflow {
     repo_name: String,
     skip_planning: bool,
     budget_override: Option<TaskBudget>,
+    on_intake: bool,
     mem: Memory,
     inbox: VecDeque<Inbound>,
     /// GitHub webhook deliveries about this task so far (in this run): each wakes a wait
@@ -247,6 +253,7 @@ impl WorkerTaskWorkflow {
             repo_name: input.repo,
             skip_planning: input.skip_planning,
             budget_override: input.budget,
+            on_intake: input.on_intake,
             mem: Memory {
                 pending: Vec::new(),
                 ..mem
@@ -291,6 +298,9 @@ impl WorkerTaskWorkflow {
                 finish(ctx, &config, outcome).await;
                 return Ok(());
             }
+            if let Some(queue) = leaving_intake(ctx, &config, phase) {
+                continue_as_new(ctx, Some(queue))?;
+            }
             let step = match phase {
                 Phase::Start => start(ctx, &config).await,
                 Phase::Plan => plan(ctx, &config).await,
@@ -318,7 +328,7 @@ impl WorkerTaskWorkflow {
                 }
             }
             if ctx.continue_as_new_suggested() || ctx.history_length() > config.history_limit {
-                continue_as_new(ctx)?;
+                continue_as_new(ctx, None)?;
             }
         }
     }
@@ -795,7 +805,7 @@ async fn job(
         // waited, so a backlog of jobs starved chat turns and new tasks of their activities.
         // On their own queue they wait in Temporal instead (see `job_task_queue`).
         if ctx.patched(JOB_QUEUE_PATCH) {
-            options.task_queue = Some(crate::job_task_queue(ctx.task_queue()));
+            options.task_queue = Some(crate::job_task_queue(settled_queue(ctx, config)));
         }
         let result = unless_cancelled(
             ctx,
@@ -1693,8 +1703,30 @@ async fn cleanup(ctx: &Ctx, config: &TaskConfig) {
     }
 }
 
-fn continue_as_new(ctx: &Ctx) -> WorkflowResult<()> {
+/// The task queue the task belongs on once it has started: see `leaving_intake`.
+fn settled_queue<'a>(ctx: &'a Ctx, config: &'a TaskConfig) -> &'a str {
+    config.task_queue.as_deref().unwrap_or(ctx.task_queue())
+}
+
+/// Where the task moves before it runs `phase`, if anywhere. A task starts on the intake queue
+/// and moves to the worker's task queue when it first waits, for a person or for CI: after a
+/// worker restart, tasks that were all answered at once replay there, while new tasks start on
+/// the intake queue with nothing in front of them. A task started before the intake queue
+/// existed is not `on_intake` and stays where it is.
+fn leaving_intake(ctx: &Ctx, config: &TaskConfig, phase: Phase) -> Option<String> {
+    let waits = matches!(
+        phase,
+        Phase::Questions | Phase::PlanReview | Phase::Ci | Phase::Review
+    );
+    let settled = config.task_queue.clone()?;
+    (waits && ctx.state(|s| s.on_intake)).then_some(settled)
+}
+
+/// Continues as new with the task's state, on `task_queue` if given (leaving the intake queue)
+/// or where it is.
+fn continue_as_new(ctx: &Ctx, task_queue: Option<String>) -> WorkflowResult<()> {
     let input = ctx.state(|s| TaskInput {
+        on_intake: s.on_intake && task_queue.is_none(),
         task_id: s.task_id.clone(),
         user: s.user.clone(),
         title: s.title.clone(),
@@ -1706,6 +1738,9 @@ fn continue_as_new(ctx: &Ctx) -> WorkflowResult<()> {
             ..s.mem.clone()
         }),
     });
-    ctx.continue_as_new(input, ContinueAsNewOptions::default())?;
+    let options = ContinueAsNewOptions::builder()
+        .maybe_task_queue(task_queue)
+        .build();
+    ctx.continue_as_new(input, options)?;
     Ok(())
 }

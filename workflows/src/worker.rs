@@ -1,7 +1,8 @@
 //! The Temporal workers of a `mainloop worker` process: one for mainloop's task queue (the
 //! tasks' workflows and activities), one for its chat queue (the main threads and their chat
-//! turns) and one for its job queue (the jobs, `MAINLOOP_MAX_JOBS` at a time); registration of the search attributes they use; and run loops that outlive Temporal
-//! outages and drain gracefully on shutdown.
+//! turns), one for its intake queue (new tasks until they first wait) and one for its job
+//! queue (the jobs, `MAINLOOP_MAX_JOBS` at a time); registration of the search attributes they
+//! use; and run loops that outlive Temporal outages and drain gracefully on shutdown.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +26,8 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    MainThreadWorkflow, SEARCH_ATTRIBUTES, WorkerTaskWorkflow, chat_task_queue, job_task_queue,
+    MainThreadWorkflow, SEARCH_ATTRIBUTES, WorkerTaskWorkflow, chat_task_queue, intake_task_queue,
+    job_task_queue,
 };
 
 #[derive(Debug, Clone)]
@@ -101,6 +103,16 @@ pub async fn run(
             .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
             .build())
     });
+    // New tasks, until they first wait: their first steps are never queued behind the replays
+    // of a backlog of parked tasks answered at once (see `intake_task_queue`).
+    let intake = keep_running("intake worker", &runtime, &client, &shutdown, None, || {
+        Ok(WorkerOptions::new(intake_task_queue(&settings.task_queue))
+            .register_workflow::<WorkerTaskWorkflow>()?
+            .register_activities(Shared(tasks.clone()))
+            .graceful_shutdown_period(settings.graceful_shutdown)
+            .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
+            .build())
+    });
     // Activities only: as many slots as jobs may run, so a job is taken from the queue only
     // when it can start.
     let jobs = keep_running("job worker", &runtime, &client, &shutdown, None, || {
@@ -117,7 +129,7 @@ pub async fn run(
             .build())
     });
     // Either failing for good ends both: the process exits and is restarted whole.
-    tokio::try_join!(main, chat_worker, jobs).map(|_| ())
+    tokio::try_join!(main, chat_worker, intake, jobs).map(|_| ())
 }
 
 /// Runs the SDK worker that `options` describes until `shutdown` is cancelled, rebuilding it

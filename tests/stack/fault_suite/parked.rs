@@ -103,8 +103,9 @@ async fn a_thousand_parked_tasks_answered_while_the_worker_is_down_each_process_
     let stub = tempfile::tempdir()?;
     // Parked tasks poll GitHub for a reply, backing off to MAINLOOP_HUMAN_POLL_MAX (5 min by
     // default). The stack's 5 s made a thousand of them 200 polls a second, and parking them
-    // took most of an hour on Temporal's SQLite file; answers here come through the API.
-    let mut ts = stub_stack_with(stub.path(), 8, &[("MAINLOOP_HUMAN_POLL_MAX", "2m")]).await?;
+    // took most of an hour on Temporal's SQLite file; at 2 min, 450 parked tasks still slowed
+    // parking to 11 a minute. Answers here come through the API, so the polls only load it.
+    let mut ts = stub_stack_with(stub.path(), 8, &[("MAINLOOP_HUMAN_POLL_MAX", "30m")]).await?;
     let titles: Vec<String> = (0..n).map(|i| format!("Parked {i} {ASK}")).collect();
     let ids = confirmed_tasks(&ts, &titles, |_| false).await?;
     wait_all(&ts, &ids, |_| TaskStatus::WaitingQuestions).await?;
@@ -192,11 +193,11 @@ async fn a_thousand_parked_tasks_answered_while_the_worker_is_down_each_process_
     )?;
     // Served promptly: a backlog this size takes minutes to drain, and what the user sends
     // must not wait for it. Smaller runs drain too fast for the share to mean anything. The
-    // chat has a queue of its own; a new task's first workflow task still queues behind the
-    // backlog's on the tasks' queue (docs/reliability.md), so its bar is half the backlog.
+    // chat has a queue of its own and a new task starts on the intake queue, so neither
+    // waits behind the backlog's replays (docs/reliability.md).
     if n >= 200 {
         assert!(
-            drained_at_chat < n / 4 && drained_at_fresh < n / 2,
+            drained_at_chat < n / 4 && drained_at_fresh < n / 4,
             "the user waited for the backlog: the chat replied after {chat_reply:?} \
              ({drained_at_chat} of {n} drained), the new task planned after \
              {fresh_planning:?} ({drained_at_fresh} of {n} drained)"
