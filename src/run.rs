@@ -511,7 +511,6 @@ pub fn github_client(args: &GitHubArgs) -> Result<GitHub> {
     .map_err(|e| anyhow::anyhow!("the GitHub client: {e}"))
 }
 
-/// The task activities' settings, and the task workflow's, from the command line.
 /// `task_settings` for the tasks of `task_queue`: where they settle once they leave the intake
 /// queue, and where their jobs go.
 fn task_settings_on(tasks: &TaskArgs, task_queue: &str) -> TaskSettings {
@@ -520,6 +519,7 @@ fn task_settings_on(tasks: &TaskArgs, task_queue: &str) -> TaskSettings {
     settings
 }
 
+/// The task activities' settings, and the task workflow's, from the command line.
 pub fn task_settings(tasks: &TaskArgs) -> TaskSettings {
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     TaskSettings {
