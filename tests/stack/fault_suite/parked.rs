@@ -3,6 +3,7 @@
 //! plan job, the plan quoting that task's own answer), and a task confirmed while the backlog
 //! drains still starts promptly. Jobs run the stub CLI of [`super::temporal_kill`].
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -40,9 +41,10 @@ where
 /// How many of `ids` have processed their answer (their new plan waits for review).
 async fn drained(ts: &TaskStack, ids: &[String]) -> Result<usize> {
     let tasks = ts.stack.store.list_tasks(USER, None, 100_000).await?;
+    let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
     Ok(tasks
         .iter()
-        .filter(|t| ids.contains(&t.id) && t.status == TaskStatus::WaitingPlanReview)
+        .filter(|t| ids.contains(t.id.as_str()) && t.status == TaskStatus::WaitingPlanReview)
         .count())
 }
 
