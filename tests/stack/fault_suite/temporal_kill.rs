@@ -184,7 +184,7 @@ pub async fn wait_all(
             // reads every task: gather them for a moment, then check once. Checking after
             // every event kept a core busy in this process at a thousand tasks, and slowed
             // what it measures.
-            let window = tokio::time::Instant::now() + Duration::from_millis(250);
+            let window = tokio::time::Instant::now() + Duration::from_secs(1);
             while let Ok(woken) = tokio::time::timeout_at(window, wake.recv()).await {
                 if matches!(woken, Err(RecvError::Closed)) {
                     break;
