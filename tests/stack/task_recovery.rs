@@ -221,6 +221,14 @@ async fn a_failed_task_reset_with_temporal_workflow_reset_resumes() -> Result<()
     let id = failed_task(&ts).await?;
     let failed = ts.task(&id).await?;
     let workflow = format!("task/{id}");
+    // The task left the intake queue with a continue-as-new when CI began; starting over
+    // means resetting its first run (docs/operations.md).
+    let runs = crate::histories::runs_of(&ts.stack, &workflow).await?;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let first = runs[0]["execution"]["runId"]
+        .as_str()
+        .context("run id")?
+        .to_string();
     ts.stack
         .temporal
         .cli(&[
@@ -228,6 +236,8 @@ async fn a_failed_task_reset_with_temporal_workflow_reset_resumes() -> Result<()
             "reset",
             "-w",
             &workflow,
+            "-r",
+            &first,
             "--type",
             "FirstWorkflowTask",
             "--reason",
