@@ -359,6 +359,9 @@ pub async fn run_worker(
     settings.thread.task_queue = Some(queue.task_queue.clone());
     settings.thread.chat_queue = Some(chat_task_queue(&queue.task_queue));
     settings.thread.intake_queue = Some(intake_task_queue(&queue.task_queue));
+    // Where tasks settle once they leave the intake queue, and where their jobs go.
+    let mut task_settings = task_settings(parts.tasks);
+    task_settings.config.task_queue = Some(queue.task_queue.clone());
     if parts
         .github
         .github_token
@@ -391,7 +394,7 @@ pub async fn run_worker(
                 store,
                 github_client(parts.github)?,
                 job_runner(&parts).await?,
-                task_settings_on(parts.tasks, &queue.task_queue),
+                task_settings,
             )
             .with_governor(governor)
             .with_metrics(activity_metrics),
@@ -509,14 +512,6 @@ pub fn github_client(args: &GitHubArgs) -> Result<GitHub> {
         token,
     })
     .map_err(|e| anyhow::anyhow!("the GitHub client: {e}"))
-}
-
-/// `task_settings` for the tasks of `task_queue`: where they settle once they leave the intake
-/// queue, and where their jobs go.
-fn task_settings_on(tasks: &TaskArgs, task_queue: &str) -> TaskSettings {
-    let mut settings = task_settings(tasks);
-    settings.config.task_queue = Some(task_queue.to_string());
-    settings
 }
 
 /// The task activities' settings, and the task workflow's, from the command line.

@@ -128,7 +128,7 @@ pub async fn run(
             .graceful_shutdown_period(settings.graceful_shutdown)
             .build())
     });
-    // Either failing for good ends both: the process exits and is restarted whole.
+    // Any of them failing for good ends them all: the process exits and is restarted whole.
     tokio::try_join!(main, chat_worker, intake, jobs).map(|_| ())
 }
 

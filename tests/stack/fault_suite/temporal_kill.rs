@@ -254,7 +254,7 @@ async fn post_all(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fault suite: kills Temporal with 120 workflows in flight (about 2 min idle, far more under load); run by `make test-faults`, results in docs/reliability.md"]
+#[ignore = "fault suite: kills Temporal with 120 workflows in flight (2-4 min idle, far more under load); run by `make test-faults`, results in docs/reliability.md"]
 async fn temporal_killed_with_over_100_workflows_in_flight_keeps_and_finishes_them_all()
 -> Result<()> {
     let n = figures::count("MAINLOOP_FAULT_WORKFLOWS", 120);
