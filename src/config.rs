@@ -400,7 +400,8 @@ pub struct TaskArgs {
     /// The app's public URL, linked from GitHub comments.
     #[arg(long, env = "MAINLOOP_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Fix jobs per CI phase before the task fails.
+    /// Fix jobs per CI phase before a task without a CI-attempts budget fails (a task with
+    /// one pauses at its budget instead).
     #[arg(long, env = "MAINLOOP_MAX_CI_FIXES", default_value_t = 5)]
     pub max_ci_fixes: u32,
     /// Budget: model tokens (input, output and cache) a task may spend before it pauses and
@@ -410,7 +411,8 @@ pub struct TaskArgs {
     /// Budget: US dollars a task may spend before it pauses and asks. Unset: no limit.
     #[arg(long, env = "MAINLOOP_TASK_MAX_COST_USD")]
     pub task_max_cost_usd: Option<f64>,
-    /// Budget: CI fix jobs over a whole task before it pauses and asks; 0: no limit.
+    /// Budget: CI fix jobs over a whole task before it pauses and asks; 0: no limit (then
+    /// MAINLOOP_MAX_CI_FIXES fails a hopeless CI phase).
     #[arg(long, env = "MAINLOOP_TASK_MAX_CI_ATTEMPTS", default_value_t = 5)]
     pub task_max_ci_attempts: u32,
     /// First wait before reading CI again (doubles up to MAINLOOP_CI_POLL_MAX).

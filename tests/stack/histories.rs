@@ -444,7 +444,12 @@ async fn task_from_questions_to_merge() -> Result<()> {
 /// A task that fails, is retried, fails again and is cancelled while failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_failed_retried_and_cancelled() -> Result<()> {
-    let ts = TaskStack::start_with(&[("MAINLOOP_MAX_CI_FIXES", "1")]).await?;
+    let ts = TaskStack::start_with(&[
+        ("MAINLOOP_MAX_CI_FIXES", "1"),
+        // No CI-attempts budget, so the phase limit fails the task.
+        ("MAINLOOP_TASK_MAX_CI_ATTEMPTS", "0"),
+    ])
+    .await?;
     ts.github.set_ci(REPO, CiScript::NeverPass)?;
     let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
     ts.wait_status(&id, TaskStatus::Failed).await?;

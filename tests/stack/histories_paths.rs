@@ -1,10 +1,11 @@
 //! More recorded paths for the replay corpus, each taking what the coverage gate
 //! (`workflows/tests/coverage`) found no history for: a main thread started without its
 //! search attribute, a task approved on GitHub, nudged by a webhook, continued as new and
-//! closed without merging, and a task cancelled while a job runs.
+//! closed without merging, a task cancelled while a job runs, and a task whose CI runs out of
+//! fix attempts at the default limits.
 
 use anyhow::{Context, Result};
-use mainloop_store::TaskStatus;
+use mainloop_store::{InboxKind, TaskStatus};
 use mainloop_testkit::github::CiScript;
 use serde_json::json;
 
@@ -91,4 +92,51 @@ async fn task_cancelled_mid_job() -> Result<()> {
     let workflow = format!("task/{id}");
     wait_closed(&ts.stack, &workflow).await?;
     keep_workflow(&ts.stack, &workflow, "task", "cancelled_mid_job").await
+}
+
+/// CI that never passes, at the default limits (five fix jobs a CI phase, five a task): the
+/// task pauses on its CI-attempts budget and asks, instead of failing at the phase limit (the
+/// `ci-budget-governs` patch); a raise of one runs one more fix, and it goes on to a merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_out_of_ci_attempts_pauses_at_the_default_limits() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    ts.github.set_ci(REPO, CiScript::NeverPass)?;
+    let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
+    let paused = ts.wait_status(&id, TaskStatus::WaitingBudget).await?;
+    assert_eq!(ts.runs(&id, "fix").await?, 5);
+    assert_eq!(paused.ci_attempts, 5);
+    assert!(
+        paused.detail.contains("5 CI fix attempts used of 5"),
+        "{}",
+        paused.detail
+    );
+    let inbox = ts.stack.store.list_inbox(USER, 50).await?;
+    assert!(
+        inbox
+            .iter()
+            .any(|i| i.kind == InboxKind::Budget && !i.resolved)
+            && !inbox.iter().any(|i| i.kind == InboxKind::Failed),
+        "{inbox:?}"
+    );
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    let (status, body) = ts
+        .task_input(&id, "budget", json!({"raise_ci_attempts": 1}))
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    let ready = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    assert_eq!(ready.pr_number, paused.pr_number);
+    assert_eq!(ts.runs(&id, "fix").await?, 6);
+    ts.github
+        .merge_pr(REPO, ready.pr_number.context("PR")? as u64)
+        .await?;
+    ts.wait_status(&id, TaskStatus::Merged).await?;
+    let workflow = format!("task/{id}");
+    wait_closed(&ts.stack, &workflow).await?;
+    keep_workflow(
+        &ts.stack,
+        &workflow,
+        "task",
+        "out_of_ci_attempts_paused_and_raised",
+    )
+    .await
 }

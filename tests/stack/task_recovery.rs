@@ -187,7 +187,12 @@ async fn failed_task(ts: &TaskStack) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_task_retried_with_temporal_workflow_signal_resumes() -> Result<()> {
-    let ts = TaskStack::start_with(&[("MAINLOOP_MAX_CI_FIXES", "1")]).await?;
+    let ts = TaskStack::start_with(&[
+        ("MAINLOOP_MAX_CI_FIXES", "1"),
+        // No CI-attempts budget, so the phase limit fails the task.
+        ("MAINLOOP_TASK_MAX_CI_ATTEMPTS", "0"),
+    ])
+    .await?;
     let id = failed_task(&ts).await?;
     let failed = ts.task(&id).await?;
     let issues = plain_issues(&ts);
@@ -217,7 +222,12 @@ async fn a_failed_task_retried_with_temporal_workflow_signal_resumes() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_task_reset_with_temporal_workflow_reset_resumes() -> Result<()> {
-    let ts = TaskStack::start_with(&[("MAINLOOP_MAX_CI_FIXES", "1")]).await?;
+    let ts = TaskStack::start_with(&[
+        ("MAINLOOP_MAX_CI_FIXES", "1"),
+        // No CI-attempts budget, so the phase limit fails the task.
+        ("MAINLOOP_TASK_MAX_CI_ATTEMPTS", "0"),
+    ])
+    .await?;
     let id = failed_task(&ts).await?;
     let failed = ts.task(&id).await?;
     let workflow = format!("task/{id}");

@@ -509,9 +509,15 @@ async fn ci_failing_twice_takes_exactly_two_fix_jobs() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ci_that_never_passes_fails_after_five_fixes_and_retry_resumes_the_ci_phase() -> Result<()>
-{
-    let ts = TaskStack::start_with(&[("MAINLOOP_MAX_CI_FIXES", "5")]).await?;
+async fn without_a_ci_budget_ci_that_never_passes_fails_after_five_fixes_and_retry_resumes_the_ci_phase()
+-> Result<()> {
+    // With a CI-attempts budget (the default) the task pauses instead: see
+    // `histories_paths::task_out_of_ci_attempts_pauses_at_the_default_limits`.
+    let ts = TaskStack::start_with(&[
+        ("MAINLOOP_MAX_CI_FIXES", "5"),
+        ("MAINLOOP_TASK_MAX_CI_ATTEMPTS", "0"),
+    ])
+    .await?;
     ts.github.set_ci(REPO, CiScript::NeverPass)?;
     let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
     let failed = ts.wait_status(&id, TaskStatus::Failed).await?;

@@ -1,6 +1,6 @@
 //! `WorkerTaskWorkflow` (`task/{id}`): one confirmed proposal carried from a plan to a merged
 //! PR. Phases run in order — plan (issue, questions, plan review), implement (draft PR), CI
-//! (poll; on failure fix and push, at most `max_ci_fixes` times), ready (mark ready, summary
+//! (poll; on failure fix and push, within the CI-attempts budget), ready (mark ready, summary
 //! comment), review (feedback jobs until merged or closed) — and every one of them may fail
 //! into `failed`: parked with the error and an inbox item, waiting for `retry` (which runs the
 //! failed phase again with the same issue, branch and PR) or `cancel`. Nothing here fails the
@@ -1309,7 +1309,17 @@ async fn implement(ctx: &Ctx, config: &TaskConfig) -> Step {
     Step::Next(Phase::Ci)
 }
 
-/// The CI loop: wait for a verdict; on failure run a fix job, at most `max_ci_fixes` times.
+/// "2/5": fix jobs run of those allowed. A CI-attempts budget counts over the whole task; a
+/// task without one counts `phase_fixes` of this CI phase's `max_ci_fixes`.
+fn fix_progress(ctx: &Ctx, config: &TaskConfig, phase_fixes: u32) -> String {
+    match ctx.state(|s| s.mem.budget.and_then(|b| b.max_ci_attempts)) {
+        Some(limit) => format!("{}/{limit}", ctx.state(|s| s.mem.ci_attempts)),
+        None => format!("{phase_fixes}/{}", config.max_ci_fixes),
+    }
+}
+
+/// The CI loop: wait for a verdict; on failure run a fix job, until the task's CI-attempts
+/// budget pauses it or, for a task without one, at most `max_ci_fixes` times per phase.
 async fn ci(ctx: &Ctx, config: &TaskConfig) -> Step {
     let Some(pr) = ctx.state(|s| s.mem.pr.clone()) else {
         return Step::Fail("the task has no PR".to_string());
@@ -1319,7 +1329,10 @@ async fn ci(ctx: &Ctx, config: &TaskConfig) -> Step {
         let detail = if fixes == 0 {
             format!("waiting for CI on #{}", pr.number)
         } else {
-            format!("waiting for CI after fix {fixes}/{}", config.max_ci_fixes)
+            format!(
+                "waiting for CI after fix {}",
+                fix_progress(ctx, config, fixes)
+            )
         };
         record(ctx, TaskStatus::Ci, &detail, None).await;
         let logs_key = ctx.state(|s| format!("ci-logs/{}", s.mem.jobs + 1));
@@ -1385,7 +1398,13 @@ async fn ci(ctx: &Ctx, config: &TaskConfig) -> Step {
         if report.verdict == CiVerdict::Passed {
             return Step::Next(Phase::Ready);
         }
-        if fixes >= config.max_ci_fixes {
+        // A task with a CI-attempts budget pauses and asks when it runs out (`budget::within`
+        // below), so the per-phase limit is only the guard of a task without one. Before the
+        // patch the phase limit failed every task, which, at the default of five of each,
+        // meant a hopeless CI phase always failed before its budget could pause it.
+        if fixes >= config.max_ci_fixes
+            && !(budget::limits_ci_attempts(ctx) && ctx.patched(budget::CI_BUDGET_GOVERNS_PATCH))
+        {
             return Step::Fail(format!(
                 "CI still fails after {fixes} fix attempts ({})",
                 report.failed.join(", ")
@@ -1401,8 +1420,8 @@ async fn ci(ctx: &Ctx, config: &TaskConfig) -> Step {
             ctx,
             TaskStatus::Ci,
             &format!(
-                "fixing CI {attempt}/{}: {}",
-                config.max_ci_fixes,
+                "fixing CI {}: {}",
+                fix_progress(ctx, config, attempt),
                 report.failed.join(", ")
             ),
             None,

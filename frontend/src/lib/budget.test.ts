@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Task } from './api/types';
-import { budgetLines } from './status';
+import { budgetLines, ciFixes } from './status';
 
 function task(overrides: Partial<Task>): Task {
 	return {
@@ -37,5 +37,17 @@ describe('budgetLines', () => {
 			['cost', 0.5, null, false],
 			['ci', 2, 5, false]
 		]);
+	});
+});
+
+describe('ciFixes', () => {
+	it('counts against the CI-attempts budget, which is what stops the fixes', () => {
+		expect(ciFixes(task({ budget: { max_ci_attempts: 6 }, ci_attempts: 5, ci_fixes: 2 }))).toBe(
+			'5 of 6'
+		);
+	});
+
+	it('names no limit it does not know for a task without a CI budget', () => {
+		expect(ciFixes(task({ budget: {}, ci_attempts: 0, ci_fixes: 2 }))).toBe('2 this CI phase');
 	});
 });

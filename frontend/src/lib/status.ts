@@ -41,8 +41,15 @@ export function isOver(status: TaskStatus): boolean {
 	return status === 'merged' || status === 'closed' || status === 'cancelled';
 }
 
-/** CI fix jobs per CI phase before a task fails (MAINLOOP_MAX_CI_FIXES, default 5). */
-export const MAX_CI_FIXES = 5;
+/**
+ * CI fix jobs so far, against the task's CI-attempts budget when it has one ("3 of 5"); a
+ * task without one is limited per CI phase by the worker's MAINLOOP_MAX_CI_FIXES, which the
+ * API does not show, so only this phase's count is given.
+ */
+export function ciFixes(task: Task): string {
+	const limit = task.budget.max_ci_attempts;
+	return limit != null ? `${task.ci_attempts} of ${limit}` : `${task.ci_fixes} this CI phase`;
+}
 
 /** Tokens a task has spent, counted as its budget counts them. */
 export function spentTokens(task: Task): number {

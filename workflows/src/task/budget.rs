@@ -12,6 +12,15 @@ use crate::payload::Inbound;
 /// Tasks started before budgets existed replay without them.
 pub(super) const PATCH: &str = "task-budgets";
 
+/// Tasks that failed at `max_ci_fixes` despite a CI-attempts budget replay as they ran.
+pub(super) const CI_BUDGET_GOVERNS_PATCH: &str = "ci-budget-governs";
+
+/// Whether the task's budget limits its CI fix attempts (then that limit, not the per-phase
+/// one, ends a run of fixes: with a pause, not a failure).
+pub(super) fn limits_ci_attempts(ctx: &Ctx) -> bool {
+    ctx.state(|s| s.mem.budget.is_some_and(|b| b.max_ci_attempts.is_some()))
+}
+
 /// Payload of the `budget` signal: the task's new limits, whole (absent: no limit).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
