@@ -542,6 +542,7 @@ struct WireIssue {
     body: Option<String>,
     /// Present on pull requests, which the issues API lists too.
     pull_request: Option<serde_json::Value>,
+    created_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize)]
@@ -793,6 +794,11 @@ impl GitHub {
 
     /// The issue whose body contains `marker` among those the token's user opened (open or
     /// closed), or a new one. Pull requests, which the issues API also lists, are skipped.
+    ///
+    /// `opened_after`: the issue, if it exists, cannot be older (its task was created then).
+    /// The search reads newest first and stops at older issues, so it costs a page or two
+    /// however many issues the bot has opened in the repository over time; without it, every
+    /// new task read them all.
     pub async fn find_or_create_issue(
         &self,
         repo: &str,
@@ -800,6 +806,7 @@ impl GitHub {
         title: &str,
         body: &str,
         labels: &[String],
+        opened_after: Option<DateTime<Utc>>,
     ) -> Result<IssueRef, GitHubError> {
         let (owner, name) = parse_repo(repo)?;
         if marker.is_empty() {
@@ -814,12 +821,19 @@ impl GitHub {
             params.push(("creator", login));
         }
         let mut found = None;
+        // Our clock and GitHub's may disagree a little.
+        let cutoff = opened_after.map(|at| at - chrono::Duration::minutes(10));
         self.each_page(&route, &params, |issues: Vec<WireIssue>| {
+            let older = cutoff.is_some_and(|cutoff| {
+                issues
+                    .iter()
+                    .any(|issue| issue.created_at.is_some_and(|at| at < cutoff))
+            });
             found = issues.into_iter().find(|issue| {
                 issue.pull_request.is_none()
                     && issue.body.as_deref().is_some_and(|b| b.contains(marker))
             });
-            if found.is_some() {
+            if found.is_some() || older {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())

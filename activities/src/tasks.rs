@@ -553,6 +553,7 @@ impl TaskActivities {
                 &task_text::issue_title(&task.title),
                 &body,
                 &["mainloop".to_string(), "planning".to_string()],
+                Some(task.created_at),
             )
             .await
             .map_err(github_error)?;

@@ -141,6 +141,7 @@ async fn an_issue_is_found_by_its_marker_instead_of_opened_twice() {
             "Task one",
             "body\n<!-- mainloop:task-1 -->",
             &labels,
+            None,
         )
         .await
         .unwrap();
@@ -152,6 +153,7 @@ async fn an_issue_is_found_by_its_marker_instead_of_opened_twice() {
                 "Task one",
                 "changed",
                 &labels,
+                None,
             )
             .await
             .unwrap();
@@ -164,6 +166,7 @@ async fn an_issue_is_found_by_its_marker_instead_of_opened_twice() {
             "Task two",
             "<!-- mainloop:task-2 -->",
             &[],
+            None,
         )
         .await
         .unwrap();
@@ -186,11 +189,73 @@ async fn an_issue_is_found_by_its_marker_instead_of_opened_twice() {
     );
 }
 
+/// A new task's search for its issue reads one page, not every issue the bot ever opened in
+/// the repository: it stops at issues older than the task.
+#[tokio::test]
+async fn the_issue_search_stops_at_issues_older_than_the_task() {
+    let (fake, github) = setup().await.unwrap();
+    let bot = fake.bot_login();
+    let long_ago = Utc::now() - chrono::Duration::days(30);
+    for i in 0..250 {
+        let body = format!("<!-- mainloop:old-{i} -->");
+        fake.create_issue_as_at(&bot, REPO, "old", &body, long_ago)
+            .unwrap();
+    }
+    let task_created = Utc::now();
+    let list_reads = || {
+        fake.requests()
+            .iter()
+            .filter(|(method, path, _)| method == "GET" && path.ends_with("/issues"))
+            .count()
+    };
+    let before = list_reads();
+    let issue = github
+        .find_or_create_issue(
+            REPO,
+            "<!-- mainloop:new -->",
+            "New",
+            "<!-- mainloop:new -->",
+            &[],
+            Some(task_created),
+        )
+        .await
+        .unwrap();
+    assert_eq!(list_reads() - before, 1, "read past the older issues");
+    // Found again (a retried activity), still in one page and not opened twice.
+    let again = github
+        .find_or_create_issue(
+            REPO,
+            "<!-- mainloop:new -->",
+            "New",
+            "<!-- mainloop:new -->",
+            &[],
+            Some(task_created),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, issue);
+    assert_eq!(list_reads() - before, 2);
+    assert_eq!(fake.issues(REPO).len(), 251);
+    // Without a creation time the search still reads every page (100 a page).
+    github
+        .find_or_create_issue(
+            REPO,
+            "<!-- mainloop:other -->",
+            "o",
+            "<!-- mainloop:other -->",
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(list_reads() - before, 5);
+}
+
 #[tokio::test]
 async fn issues_are_updated_and_closed() {
     let (fake, github) = setup().await.unwrap();
     let issue = github
-        .find_or_create_issue(REPO, "<!-- m -->", "Title", "<!-- m -->", &[])
+        .find_or_create_issue(REPO, "<!-- m -->", "Title", "<!-- m -->", &[], None)
         .await
         .unwrap();
     github
@@ -233,7 +298,7 @@ async fn issues_are_updated_and_closed() {
 async fn a_marked_comment_is_written_once_and_updated_in_place() {
     let (fake, github) = setup().await.unwrap();
     let issue = github
-        .find_or_create_issue(REPO, "<!-- i -->", "Title", "<!-- i -->", &[])
+        .find_or_create_issue(REPO, "<!-- i -->", "Title", "<!-- i -->", &[], None)
         .await
         .unwrap();
     fake.add_user("alice");
@@ -290,7 +355,7 @@ async fn a_marked_comment_is_written_once_and_updated_in_place() {
 async fn comments_are_read_across_pages_oldest_first() {
     let (fake, github) = setup().await.unwrap();
     let issue = github
-        .find_or_create_issue(REPO, "<!-- i -->", "Title", "<!-- i -->", &[])
+        .find_or_create_issue(REPO, "<!-- i -->", "Title", "<!-- i -->", &[], None)
         .await
         .unwrap();
     fake.add_user("alice");
@@ -382,7 +447,7 @@ async fn errors_say_whether_a_retry_can_help() {
     let anonymous = client(&fake, None).unwrap();
     assert!(matches!(
         anonymous
-            .find_or_create_issue(REPO, "<!-- x -->", "t", "<!-- x -->", &[])
+            .find_or_create_issue(REPO, "<!-- x -->", "t", "<!-- x -->", &[], None)
             .await,
         Err(GitHubError::Unauthorized(_))
     ));
@@ -398,7 +463,7 @@ async fn errors_say_whether_a_retry_can_help() {
     ] {
         fake.fail_next(&issues, status);
         let error = github
-            .find_or_create_issue(REPO, "<!-- x -->", "t", "<!-- x -->", &[])
+            .find_or_create_issue(REPO, "<!-- x -->", "t", "<!-- x -->", &[], None)
             .await
             .unwrap_err();
         assert_eq!(error.is_retryable(), retryable, "{status}: {error:?}");
@@ -411,7 +476,7 @@ async fn errors_say_whether_a_retry_can_help() {
     }
     // The retry after the failures opens exactly one issue.
     let issue = github
-        .find_or_create_issue(REPO, "<!-- x -->", "t", "<!-- x -->", &[])
+        .find_or_create_issue(REPO, "<!-- x -->", "t", "<!-- x -->", &[], None)
         .await
         .unwrap();
     assert_eq!(fake.issues(REPO).len(), 1);
@@ -420,7 +485,7 @@ async fn errors_say_whether_a_retry_can_help() {
     fake.fail_next(&issues, 404);
     assert_eq!(
         github
-            .find_or_create_issue(REPO, "<!-- x -->", "t", "<!-- x -->", &[])
+            .find_or_create_issue(REPO, "<!-- x -->", "t", "<!-- x -->", &[], None)
             .await,
         Err(GitHubError::NotFound)
     );
@@ -766,11 +831,11 @@ async fn clones_share_one_client() {
     assert_eq!(b.unwrap(), Permission::Admin);
     // One look-up of the token's user however many calls and clones need it.
     for _ in 0..3 {
-        copy.find_or_create_issue(REPO, "<!-- once -->", "t", "<!-- once -->", &[])
+        copy.find_or_create_issue(REPO, "<!-- once -->", "t", "<!-- once -->", &[], None)
             .await
             .unwrap();
         github
-            .find_or_create_issue(REPO, "<!-- once -->", "t", "<!-- once -->", &[])
+            .find_or_create_issue(REPO, "<!-- once -->", "t", "<!-- once -->", &[], None)
             .await
             .unwrap();
     }

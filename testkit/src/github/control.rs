@@ -140,11 +140,28 @@ impl FakeGitHub {
         title: &str,
         body: &str,
     ) -> anyhow::Result<u64> {
+        self.create_issue_as_at(login, repo, title, body, now())
+    }
+
+    /// As [`create_issue_as`](Self::create_issue_as), opened at `at` (whole seconds, as
+    /// GitHub's): e.g. issues from long before a task.
+    ///
+    /// # Errors
+    /// If the user or repository does not exist.
+    pub fn create_issue_as_at(
+        &self,
+        login: &str,
+        repo: &str,
+        title: &str,
+        body: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<u64> {
+        use chrono::SubsecRound;
+        let at = at.trunc_subsecs(0);
         let key = key(repo);
         self.shared().mutate(|st| {
             let author = Self::require_user(st, login)?;
             let id = st.next_id();
-            let at = now();
             let repo_rec = st
                 .repo_mut(&key)
                 .with_context(|| format!("no repository {repo}"))?;

@@ -13,6 +13,7 @@ use super::json;
 use super::model::IssueState;
 use super::rest::{
     ApiError, Ctx, Reply, created, error, forbidden, invalid, no_content, not_found, ok, paginate,
+    paginate_with,
 };
 use super::state::{IssueRec, REACTIONS, State, Subject, now};
 
@@ -89,11 +90,7 @@ pub(crate) fn list(ctx: &Ctx, o: &str, r: &str) -> Reply {
     if ctx.q("direction") != Some("asc") {
         found.reverse();
     }
-    let items = found
-        .into_iter()
-        .map(|i| render(ctx, &st, &key, i))
-        .collect();
-    paginate(ctx, items)
+    paginate_with(ctx, found, |i| render(ctx, &st, &key, i))
 }
 
 pub(crate) fn create(ctx: &Ctx, o: &str, r: &str) -> Reply {

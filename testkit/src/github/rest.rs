@@ -143,6 +143,12 @@ pub(crate) fn no_content() -> Reply {
 
 /// Serves one page of `items` with GitHub's `per_page`/`page` rules and `Link` header.
 pub(crate) fn paginate(ctx: &Ctx, items: Vec<Value>) -> Reply {
+    paginate_with(ctx, items, |item| item)
+}
+
+/// As [`paginate`], rendering only the page's own items: a listing of a thousand issues
+/// rendered every one for each page, and the fault suite's fake spent a core on it.
+pub(crate) fn paginate_with<T>(ctx: &Ctx, items: Vec<T>, render: impl FnMut(T) -> Value) -> Reply {
     let per_page = ctx
         .q("per_page")
         .and_then(|v| v.parse::<usize>().ok())
@@ -158,6 +164,7 @@ pub(crate) fn paginate(ctx: &Ctx, items: Vec<Value>) -> Reply {
         .into_iter()
         .skip((page - 1) * per_page)
         .take(per_page)
+        .map(render)
         .collect();
     let mut response = json_response(StatusCode::OK, &Value::Array(slice));
     let url = |p: usize| {
