@@ -153,6 +153,19 @@ pub struct NoteInput {
     pub text: String,
 }
 
+/// Several notes for one thread, said in order, each once per key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NotesInput {
+    pub user: String,
+    pub notes: Vec<NoteLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NoteLine {
+    pub key: String,
+    pub text: String,
+}
+
 /// Error types the workflow tells apart (`ApplicationFailure` type names).
 pub mod failure_type {
     /// The model refused the request for good (bad key, unknown model, invalid request).
@@ -476,6 +489,23 @@ impl ChatActivities {
             .add_note(&input.user, &input.key, &input.text)
             .await
             .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Adds several task events to the thread as notes, in order. A retry after a partial
+    /// write re-adds nothing: each note is keyed.
+    #[activity(name = "thread.notes")]
+    pub async fn notes(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: NotesInput,
+    ) -> Result<(), ActivityError> {
+        for note in &input.notes {
+            self.store
+                .add_note(&input.user, &note.key, &note.text)
+                .await
+                .map_err(store_error)?;
+        }
         Ok(())
     }
 }

@@ -1,16 +1,20 @@
 //! More recorded paths for the replay corpus, each taking what the coverage gate
 //! (`workflows/tests/coverage`) found no history for: a main thread started without its
 //! search attribute, a task approved on GitHub, nudged by a webhook, continued as new and
-//! closed without merging, a task cancelled while a job runs, and a task whose CI runs out of
-//! fix attempts at the default limits.
+//! closed without merging, a task cancelled while a job runs, a task whose CI runs out of fix
+//! attempts at the default limits, and task news queued behind a turn written at once.
+
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
 use mainloop_store::{InboxKind, TaskStatus};
+use mainloop_testkit::anthropic::Reply;
 use mainloop_testkit::github::CiScript;
 use serde_json::json;
 
 use crate::harness::{Stack, USER, WAIT, main_thread};
-use crate::histories::{keep, keep_workflow, settle, wait_closed, wait_for_timer};
+use crate::histories::{histories, keep, keep_workflow, settle, wait_closed, wait_for_timer};
 use crate::tasks::{REPO, TASK_WAIT, TaskStack, comment_reads};
 
 /// A thread started by hand (as before the API set its search attribute at start) sets it
@@ -139,4 +143,63 @@ async fn task_out_of_ci_attempts_pauses_at_the_default_limits() -> Result<()> {
         "out_of_ci_attempts_paused_and_raised",
     )
     .await
+}
+
+/// How many local activities of type `name` the main thread's runs recorded.
+async fn local_activities(stack: &Stack, name: &str) -> Result<usize> {
+    let mut count = 0;
+    for run in histories(stack, &main_thread()).await? {
+        let history: serde_json::Value = serde_json::from_slice(&run)?;
+        for event in history["events"].as_array().context("events")? {
+            let marker = &event["attributes"]["MarkerRecordedEventAttributes"];
+            if marker["marker_name"] != "core_local_activity" {
+                continue;
+            }
+            let data = marker["details"]["data"]["payloads"][0]["data"]
+                .as_str()
+                .context("marker data")?;
+            let data: serde_json::Value =
+                serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(data)?)?;
+            if data["activity_type"] == name {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Task news queued behind a slow turn is written to the thread by one `thread.notes` (the
+/// `task-notes-batched` patch), in the order it came, after the reply.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_events_queued_behind_a_turn_are_noted_together() -> Result<()> {
+    let stack = Stack::start().await?;
+    stack
+        .anthropic
+        .push(Reply::text("slowly").with_first_token_delay(Duration::from_secs(6)));
+    let mut events = stack.events(0).await?;
+    stack.post("first", "k1").await?;
+    events
+        .collect_until(WAIT, |e| e.event == "message.started")
+        .await?;
+    for n in 1..=3 {
+        let event = format!(r#"{{"id": "e{n}", "task_id": "t{n}", "text": "Plan {n} ready"}}"#);
+        stack.signal("task_event", Some(&event)).await?;
+    }
+    stack.wait_for_replies(1, WAIT).await?;
+    settle(&stack, 1).await?;
+    let thread = stack.thread().await?;
+    let order: Vec<&str> = thread.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "first",
+            "slowly",
+            "Plan 1 ready",
+            "Plan 2 ready",
+            "Plan 3 ready"
+        ]
+    );
+    assert_eq!(local_activities(&stack, "thread.notes").await?, 1);
+    assert_eq!(local_activities(&stack, "thread.note").await?, 0);
+    keep(&stack, "task_events_noted_together").await
 }

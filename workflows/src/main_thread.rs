@@ -19,8 +19,8 @@ use std::time::Duration;
 use futures::future::FusedFuture;
 use mainloop_activities::ChatActivities;
 use mainloop_activities::chat::{
-    CompactInput, CompactOutput, FailTurnInput, NoteInput, NoticeInput, ThreadConfig, TurnInput,
-    failure_type,
+    CompactInput, CompactOutput, FailTurnInput, NoteInput, NoteLine, NotesInput, NoticeInput,
+    ThreadConfig, TurnInput, failure_type,
 };
 use mainloop_store::task_workflow_id;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,13 @@ const SEEN_WINDOW: usize = 512;
 
 /// Patch id: what the user sends (messages, confirmations) is handled before task events.
 const USER_INPUT_FIRST_PATCH: &str = "user-input-first";
+
+/// Patch id: task events queued together are written to the thread by one local activity.
+const TASK_NOTES_BATCHED_PATCH: &str = "task-notes-batched";
+
+/// Most task events written by one `thread.notes`: bounds its input and how long a batch
+/// keeps the thread from the next message.
+const NOTES_PER_BATCH: usize = 50;
 
 /// The next input to handle. Task events are only lines in the thread; with `user_first`,
 /// messages and proposal decisions overtake them, so a backlog of tasks reporting at once
@@ -241,7 +248,19 @@ impl MainThreadWorkflow {
                     }
                 }
                 Ok(Input::TaskEvent(event)) => {
-                    if remember(ctx, &format!("task-event:{}", event.id)) {
+                    // A worker back from a restart, or a thousand tasks reporting at once, finds
+                    // hundreds of events queued: one local activity (and one history marker)
+                    // each made the thread's workflow tasks take seconds and its runs
+                    // thousands of events, while the user waited for a reply.
+                    if ctx.patched(TASK_NOTES_BATCHED_PATCH) {
+                        let mut events = vec![event];
+                        events.extend(ctx.state_mut(|s| queued_task_events(&mut s.inbox)));
+                        let fresh: Vec<TaskEventSignal> = events
+                            .into_iter()
+                            .filter(|event| remember(ctx, &format!("task-event:{}", event.id)))
+                            .collect();
+                        say_task_events(ctx, &user, fresh).await;
+                    } else if remember(ctx, &format!("task-event:{}", event.id)) {
                         say_task_event(ctx, &user, event).await;
                     }
                 }
@@ -577,6 +596,52 @@ async fn start_task(
     }
 }
 
+/// Takes the valid task events at the front of `inbox`, up to a batch: what the thread
+/// would handle next anyway, since what the user sends is taken first. An invalid one stays
+/// for the loop to warn about.
+fn queued_task_events(inbox: &mut VecDeque<Inbound>) -> Vec<TaskEventSignal> {
+    let mut events = Vec::new();
+    while events.len() + 1 < NOTES_PER_BATCH
+        && let Some(front) = inbox.front()
+        && front.signal == TASK_EVENT_SIGNAL
+        && let Ok(Input::TaskEvent(event)) = parse(front)
+    {
+        inbox.pop_front();
+        events.push(event);
+    }
+    events
+}
+
+async fn say_task_events(
+    ctx: &WorkflowContext<MainThreadWorkflow>,
+    user: &str,
+    events: Vec<TaskEventSignal>,
+) {
+    if events.is_empty() {
+        return;
+    }
+    let count = events.len();
+    let recorded = ctx
+        .execute_local_activity(
+            ChatActivities::notes,
+            NotesInput {
+                user: user.to_string(),
+                notes: events
+                    .into_iter()
+                    .map(|event| NoteLine {
+                        key: event.id,
+                        text: event.text,
+                    })
+                    .collect(),
+            },
+            local_options(Duration::from_secs(30)),
+        )
+        .await;
+    if let Err(error) = recorded {
+        tracing::error!(%error, count, "could not add task notes to the thread");
+    }
+}
+
 async fn say_task_event(
     ctx: &WorkflowContext<MainThreadWorkflow>,
     user: &str,
@@ -637,5 +702,31 @@ mod tests {
             drain(inbox, false),
             ids(&["e1", "m1", "e2", "d1", "m2", "e3"])
         );
+    }
+
+    fn task_event(id: &str) -> Inbound {
+        Inbound {
+            signal: TASK_EVENT_SIGNAL.to_string(),
+            payload: Some(serde_json::json!({ "id": id, "task_id": "t", "text": id })),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn queued_task_events_are_taken_in_order_up_to_a_batch_and_an_invalid_one_stays() {
+        let mut inbox: VecDeque<Inbound> = (1..=3).map(|n| task_event(&format!("e{n}"))).collect();
+        inbox.push_back(inbound(TASK_EVENT_SIGNAL, "bad"));
+        inbox.push_back(task_event("e4"));
+        let taken: Vec<String> = queued_task_events(&mut inbox)
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(taken, ["e1", "e2", "e3"]);
+        assert_eq!(inbox.len(), 2, "the invalid event and what follows it stay");
+
+        let mut many: VecDeque<Inbound> = (0..120).map(|n| task_event(&format!("e{n}"))).collect();
+        // The caller already holds one event of the batch.
+        assert_eq!(queued_task_events(&mut many).len(), NOTES_PER_BATCH - 1);
+        assert_eq!(many.len(), 120 - (NOTES_PER_BATCH - 1));
     }
 }
