@@ -31,6 +31,12 @@ pub(crate) use insert_outbox;
 /// one workflow out of order.
 const CLAIM_LOCK: i64 = 0x6d61_696e_6c6f_6f70;
 
+/// Signals to users' main threads (chat messages, proposal decisions) are claimed before
+/// signals to tasks. A thousand task answers posted at once took the relay about 12 s to
+/// deliver, and a chat message posted after them waited for all of them. Order within one
+/// workflow is unchanged: the priority is the workflow's.
+const FIRST_WORKFLOWS: &str = "main-thread/%";
+
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
     id: i64,
@@ -43,8 +49,8 @@ struct OutboxRow {
 
 impl Store {
     /// Claims up to `limit` items that are due, leasing them for `lease`; an item is due only
-    /// if no earlier undelivered item of the same workflow is waiting for a retry. Items come
-    /// back in delivery order.
+    /// if no earlier undelivered item of the same workflow is waiting for a retry. Items for
+    /// main threads are claimed first. Items come back in id order.
     pub async fn claim_outbox(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxItem>> {
         let at = now();
         let lease_until = at + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
@@ -64,12 +70,13 @@ impl Store {
                    AND NOT EXISTS ( \
                      SELECT 1 FROM outbox p WHERE p.workflow_id = o.workflow_id \
                      AND p.delivered_at IS NULL AND p.id < o.id AND p.available_at > $2) \
-                   ORDER BY o.id LIMIT $3) \
+                   ORDER BY CASE WHEN o.workflow_id LIKE $4 THEN 0 ELSE 1 END, o.id LIMIT $3) \
                  RETURNING id, user_id, workflow_id, signal, payload, attempts",
             )
             .bind(lease_until)
             .bind(at)
             .bind(limit)
+            .bind(FIRST_WORKFLOWS)
             .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;

@@ -75,6 +75,7 @@ on_both!(
     concurrent_appends_are_seen_in_id_order_without_gaps,
     proposals_are_stored_once_and_decided_once,
     outbox_claims_in_order_and_respects_leases,
+    outbox_claims_the_chat_before_a_backlog_of_task_signals,
     outbox_keeps_order_within_a_workflow_across_retries,
     compaction_folds_each_message_once,
     migrations_are_idempotent,
@@ -497,6 +498,34 @@ async fn proposals_are_stored_once_and_decided_once(store: &Store) -> Result<()>
     assert_eq!(store.outbox_backlog().await?, outbox_before + 1);
     let listed = store.list_messages("alice", None, 10).await?;
     assert_eq!(listed[1].proposals[0].status, ProposalStatus::Rejected);
+    Ok(())
+}
+
+async fn outbox_claims_the_chat_before_a_backlog_of_task_signals(store: &Store) -> Result<()> {
+    for i in 0..20 {
+        store
+            .accept_user_message("alice", &format!("t{i}"), "x", &format!("task/t{i}"))
+            .await?;
+    }
+    store
+        .accept_user_message("alice", "chat-1", "still there?", WF)
+        .await?;
+    store
+        .accept_user_message("alice", "chat-2", "hello?", WF)
+        .await?;
+    let claimed = store.claim_outbox(5, Duration::from_secs(60)).await?;
+    let workflows: Vec<&str> = claimed.iter().map(|i| i.workflow_id.as_str()).collect();
+    assert_eq!(
+        workflows,
+        ["task/t0", "task/t1", "task/t2", WF, WF],
+        "the thread's two messages come in the first claim, in id order with the rest"
+    );
+    let thread: Vec<i64> = claimed
+        .iter()
+        .filter(|i| i.workflow_id == WF)
+        .map(|i| i.id)
+        .collect();
+    assert!(thread[0] < thread[1], "a workflow's own order is kept");
     Ok(())
 }
 
