@@ -81,19 +81,44 @@ async fn fresh_task_starts(
     Ok((took, drained(ts, backlog).await?, id))
 }
 
-/// Posts a chat message while the backlog drains; returns post → reply stored, and how much
-/// of the backlog had drained by then.
+/// Posts a chat message while the backlog drains; returns post → reply complete, and how
+/// much of the backlog had drained by then, both from the store's own timestamps.
 async fn chat_answers(ts: &TaskStack, backlog: &[String]) -> Result<(Duration, usize)> {
-    let posted_at = Instant::now();
     let posted = ts.stack.post("still there?", "during-drain").await?;
     let id = posted["id"].as_str().context("no message id")?.to_string();
+    // The thread holds a line per task event: reading all of it on every store event kept
+    // this check seconds behind the reply it waited for, so it reads the newest messages and
+    // the figures come from the timestamps the store wrote.
+    let newest = |n| ts.stack.store.list_messages(USER, None, n);
     until(ts, LONG, || async {
-        let thread = ts.stack.thread().await?;
-        Ok(!crate::harness::replies_to(&thread, &id).is_empty())
+        let thread = newest(500).await?;
+        Ok(crate::harness::replies_to(&thread, &id)
+            .iter()
+            .any(|reply| reply.completed_at.is_some()))
     })
     .await?;
-    let took = posted_at.elapsed();
-    Ok((took, drained(ts, backlog).await?))
+    let thread = newest(100_000).await?;
+    let asked = thread
+        .iter()
+        .find(|m| m.id == id)
+        .context("no such message")?
+        .created_at;
+    let replied = crate::harness::replies_to(&thread, &id)
+        .iter()
+        .find_map(|reply| reply.completed_at)
+        .context("no complete reply")?;
+    let tasks = ts.stack.store.list_tasks(USER, None, 100_000).await?;
+    let ids: HashSet<&str> = backlog.iter().map(String::as_str).collect();
+    // A drained task waits for plan review from then on, so its last update is the drain.
+    let drained_by_then = tasks
+        .iter()
+        .filter(|t| {
+            ids.contains(t.id.as_str())
+                && t.status == TaskStatus::WaitingPlanReview
+                && t.updated_at <= replied
+        })
+        .count();
+    Ok(((replied - asked).to_std()?, drained_by_then))
 }
 
 #[tokio::test(flavor = "multi_thread")]
