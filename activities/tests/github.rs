@@ -208,9 +208,8 @@ async fn the_issue_search_stops_at_issues_older_than_the_task() {
             .filter(|(method, path, _)| method == "GET" && path.ends_with("/issues"))
             .count()
     };
-    let before = list_reads();
-    let issue = github
-        .find_or_create_issue(
+    let ensure_new = || {
+        github.find_or_create_issue(
             REPO,
             "<!-- mainloop:new -->",
             "New",
@@ -218,21 +217,12 @@ async fn the_issue_search_stops_at_issues_older_than_the_task() {
             &[],
             Some(task_created),
         )
-        .await
-        .unwrap();
+    };
+    let before = list_reads();
+    let issue = ensure_new().await.unwrap();
     assert_eq!(list_reads() - before, 1, "read past the older issues");
     // Found again (a retried activity), still in one page and not opened twice.
-    let again = github
-        .find_or_create_issue(
-            REPO,
-            "<!-- mainloop:new -->",
-            "New",
-            "<!-- mainloop:new -->",
-            &[],
-            Some(task_created),
-        )
-        .await
-        .unwrap();
+    let again = ensure_new().await.unwrap();
     assert_eq!(again, issue);
     assert_eq!(list_reads() - before, 2);
     assert_eq!(fake.issues(REPO).len(), 251);

@@ -184,12 +184,9 @@ async fn failed_and_retried_turns() -> Result<()> {
     keep(&stack, "failed_and_retried_turns").await
 }
 
-/// Task events queued while a turn runs wait behind a message sent after them: the user's
-/// input goes first (the `user-input-first` patch).
-#[tokio::test(flavor = "multi_thread")]
-async fn user_input_overtakes_task_events() -> Result<()> {
-    let stack = Stack::start().await?;
-    // The first turn is slow enough for the task events and the second message to queue.
+/// Posts "first", answered "slowly" after 6 s, and while that turn runs signals three task
+/// events ("Plan 1 ready" … "Plan 3 ready"), so they queue in the thread's inbox.
+pub(crate) async fn queue_task_events_behind_a_slow_turn(stack: &Stack) -> Result<()> {
     stack
         .anthropic
         .push(Reply::text("slowly").with_first_token_delay(Duration::from_secs(6)));
@@ -202,6 +199,15 @@ async fn user_input_overtakes_task_events() -> Result<()> {
         let event = format!(r#"{{"id": "e{n}", "task_id": "t{n}", "text": "Plan {n} ready"}}"#);
         stack.signal("task_event", Some(&event)).await?;
     }
+    Ok(())
+}
+
+/// Task events queued while a turn runs wait behind a message sent after them: the user's
+/// input goes first (the `user-input-first` patch).
+#[tokio::test(flavor = "multi_thread")]
+async fn user_input_overtakes_task_events() -> Result<()> {
+    let stack = Stack::start().await?;
+    queue_task_events_behind_a_slow_turn(&stack).await?;
     stack.post("second", "k2").await?;
     stack.wait_for_replies(2, WAIT).await?;
     settle(&stack, 2).await?;

@@ -4,17 +4,17 @@
 //! closed without merging, a task cancelled while a job runs, a task whose CI runs out of fix
 //! attempts at the default limits, and task news queued behind a turn written at once.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use base64::Engine as _;
 use mainloop_store::{InboxKind, TaskStatus};
-use mainloop_testkit::anthropic::Reply;
 use mainloop_testkit::github::CiScript;
 use serde_json::json;
 
 use crate::harness::{Stack, USER, WAIT, main_thread};
-use crate::histories::{histories, keep, keep_workflow, settle, wait_closed, wait_for_timer};
+use crate::histories::{
+    histories, keep, keep_workflow, queue_task_events_behind_a_slow_turn, settle, wait_closed,
+    wait_for_timer,
+};
 use crate::tasks::{REPO, TASK_WAIT, TaskStack, comment_reads};
 
 /// A thread started by hand (as before the API set its search attribute at start) sets it
@@ -173,18 +173,7 @@ async fn local_activities(stack: &Stack, name: &str) -> Result<usize> {
 #[tokio::test(flavor = "multi_thread")]
 async fn task_events_queued_behind_a_turn_are_noted_together() -> Result<()> {
     let stack = Stack::start().await?;
-    stack
-        .anthropic
-        .push(Reply::text("slowly").with_first_token_delay(Duration::from_secs(6)));
-    let mut events = stack.events(0).await?;
-    stack.post("first", "k1").await?;
-    events
-        .collect_until(WAIT, |e| e.event == "message.started")
-        .await?;
-    for n in 1..=3 {
-        let event = format!(r#"{{"id": "e{n}", "task_id": "t{n}", "text": "Plan {n} ready"}}"#);
-        stack.signal("task_event", Some(&event)).await?;
-    }
+    queue_task_events_behind_a_slow_turn(&stack).await?;
     stack.wait_for_replies(1, WAIT).await?;
     settle(&stack, 1).await?;
     let thread = stack.thread().await?;

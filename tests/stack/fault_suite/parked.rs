@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
 use mainloop_store::{NewProposal, TaskStatus};
 use serde_json::json;
 
@@ -38,13 +39,19 @@ where
     Ok(())
 }
 
-/// How many of `ids` have processed their answer (their new plan waits for review).
-async fn drained(ts: &TaskStack, ids: &[String]) -> Result<usize> {
+/// How many of `ids` have processed their answer (their new plan waits for review), by now
+/// or by `at`: a drained task waits for plan review from then on, so its last update is the
+/// drain.
+async fn drained(ts: &TaskStack, ids: &[String], at: Option<DateTime<Utc>>) -> Result<usize> {
     let tasks = ts.stack.store.list_tasks(USER, None, 100_000).await?;
     let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
     Ok(tasks
         .iter()
-        .filter(|t| ids.contains(t.id.as_str()) && t.status == TaskStatus::WaitingPlanReview)
+        .filter(|t| {
+            ids.contains(t.id.as_str())
+                && t.status == TaskStatus::WaitingPlanReview
+                && at.is_none_or(|at| t.updated_at <= at)
+        })
         .count())
 }
 
@@ -78,7 +85,7 @@ async fn fresh_task_starts(
     })
     .await?;
     let took = confirmed.elapsed();
-    Ok((took, drained(ts, backlog).await?, id))
+    Ok((took, drained(ts, backlog, None).await?, id))
 }
 
 /// Posts a chat message while the backlog drains; returns post → reply complete, and how
@@ -107,18 +114,10 @@ async fn chat_answers(ts: &TaskStack, backlog: &[String]) -> Result<(Duration, u
         .iter()
         .find_map(|reply| reply.completed_at)
         .context("no complete reply")?;
-    let tasks = ts.stack.store.list_tasks(USER, None, 100_000).await?;
-    let ids: HashSet<&str> = backlog.iter().map(String::as_str).collect();
-    // A drained task waits for plan review from then on, so its last update is the drain.
-    let drained_by_then = tasks
-        .iter()
-        .filter(|t| {
-            ids.contains(t.id.as_str())
-                && t.status == TaskStatus::WaitingPlanReview
-                && t.updated_at <= replied
-        })
-        .count();
-    Ok(((replied - asked).to_std()?, drained_by_then))
+    Ok((
+        (replied - asked).to_std()?,
+        drained(ts, backlog, Some(replied)).await?,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread")]
