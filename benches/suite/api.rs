@@ -42,6 +42,8 @@ pub async fn run() -> Result<Vec<Row>> {
         "bench".to_string(),
         format!("--listen=127.0.0.1:{port}"),
         format!("--user={USER}"),
+        // Measured here is latency; the limiter would refuse the samples as a flood.
+        "--rate-limit-per-minute=0".to_string(),
     ])?;
     let shutdown = CancellationToken::new();
     let api = start_api(

@@ -59,6 +59,8 @@ pub async fn run(temporal: &DevServer) -> Result<Vec<Row>> {
         format!("--anthropic-api-key={}", anthropic.api_key()),
         "--task-queue=bench-f1".to_string(),
         "--user=bench-f1".to_string(),
+        // Measured here is latency; the limiter would refuse the samples as a flood.
+        "--rate-limit-per-minute=0".to_string(),
     ])?;
     let store = open_store(&settings.store, true).await?;
     let client = TemporalSettings::local(&temporal.address(), temporal.namespace(), "bench-f1")?
