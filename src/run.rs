@@ -283,6 +283,9 @@ pub async fn start_api(
     shutdown: &CancellationToken,
 ) -> Result<StartedApi> {
     let state = AppState {
+        feed: mainloop_api::EventFeed::start(store.clone(), shutdown.clone())
+            .await
+            .context("reading where the event log ends")?,
         store,
         auth: Arc::new(settings.auth.clone()),
         temporal,

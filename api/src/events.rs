@@ -1,15 +1,20 @@
 //! `GET /api/events`: the user's event log as Server-Sent Events. It replays everything after
 //! `Last-Event-ID` (or `?after=`), then follows live. Each event's SSE id is its log id, so a
 //! client that reconnects with the last id it saw gets every later event exactly once, even
-//! across a restart of this process.
+//! across a restart of this process. Live events come from the process's [`EventFeed`]
+//! (one read of the log per commit, whatever the number of streams).
+//!
+//! [`EventFeed`]: crate::feed::EventFeed
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
+use mainloop_store::Event;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
@@ -18,8 +23,7 @@ use crate::AppState;
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult, code};
 use crate::extract::ApiQuery;
-
-const PAGE: i64 = 500;
+use crate::feed::{Batch, PAGE};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -70,37 +74,69 @@ pub async fn stream(
         ));
     }
     // Subscribe before the first read, so nothing committed in between goes unnoticed.
-    let mut wake = state.store.subscribe_events();
+    let mut batches = state.feed.subscribe();
     let mut after = match from_header.or(query.after) {
         Some(after) => after,
         None => state.store.last_user_event_id(&user).await?,
     };
     let store = state.store.clone();
+    let feed = state.feed.clone();
     let shutdown = state.shutdown.clone();
     let events = async_stream::stream! {
+        // The feed's id up to which this stream has every event: a batch starting there
+        // carries all that came next. None until a batch follows an own read.
+        let mut level: Option<i64> = None;
+        let mut read_log = true;
+        let mut pending: Option<Arc<Batch>> = None;
         loop {
-            let batch = match store.events_after(&user, after, PAGE).await {
-                Ok(batch) => batch,
-                Err(error) => {
-                    // Ending the stream makes the client reconnect and resume from its last id.
-                    tracing::warn!(%error, "cannot read events; closing the stream");
-                    break;
+            if read_log {
+                feed.count_stream_read();
+                let page = match store.events_after(&user, after, PAGE).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        // Ending the stream makes the client reconnect and resume from its
+                        // last id.
+                        tracing::warn!(%error, "cannot read events; closing the stream");
+                        break;
+                    }
+                };
+                let full = page.len() as i64 == PAGE;
+                for event in page {
+                    after = event.id;
+                    yield Ok(sse_event(&event));
                 }
-            };
-            let full = batch.len() as i64 == PAGE;
-            for event in batch {
-                after = event.id;
-                yield Ok(SseEvent::default()
-                    .id(event.id.to_string())
-                    .event(event.kind)
-                    .data(event.data.to_string()));
-            }
-            if full {
+                if full {
+                    continue;
+                }
+                read_log = false;
+                // The batch that sent us to the log was committed before the read, so the
+                // read covered it; what is left of it are ids the read did not return.
+                if let Some(batch) = pending.take() {
+                    for event in mine(&batch, &user, after) {
+                        after = event.id;
+                        yield Ok(sse_event(event));
+                    }
+                    level = Some(batch.last);
+                }
                 continue;
             }
             tokio::select! {
-                woken = wake.recv() => match woken {
-                    Ok(()) | Err(RecvError::Lagged(_)) => {}
+                received = batches.recv() => match received {
+                    Ok(batch) if level == Some(batch.after) => {
+                        for event in mine(&batch, &user, after) {
+                            after = event.id;
+                            yield Ok(sse_event(event));
+                        }
+                        level = Some(batch.last);
+                    }
+                    Ok(batch) => {
+                        pending = Some(batch);
+                        read_log = true;
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        level = None;
+                        read_log = true;
+                    }
                     Err(RecvError::Closed) => break,
                 },
                 () = shutdown.cancelled() => break,
@@ -108,4 +144,20 @@ pub async fn stream(
         }
     };
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The user's events in `batch` after `after`.
+fn mine<'a>(batch: &'a Batch, user: &'a str, after: i64) -> impl Iterator<Item = &'a Event> {
+    batch
+        .events
+        .iter()
+        .filter(move |(owner, event)| owner == user && event.id > after)
+        .map(|(_, event)| event)
+}
+
+fn sse_event(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.id.to_string())
+        .event(&event.kind)
+        .data(event.data.to_string())
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 mod events;
 mod extract;
+pub mod feed;
 mod headers;
 pub mod health;
 mod messages;
@@ -46,6 +47,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{AuthConfig, AuthMode};
 pub use config::AppConfig;
 pub use error::{ApiError, code};
+pub use feed::EventFeed;
 pub use outbox::RelaySettings;
 pub use ratelimit::RateLimitSettings;
 pub use temporal::TemporalLink;
@@ -84,6 +86,8 @@ pub struct AppState {
     pub github: mainloop_activities::github::GitHub,
     /// Cancelled when the server shuts down; long-lived streams end on it.
     pub shutdown: CancellationToken,
+    /// The one live reader of the event log that every event stream follows.
+    pub feed: feed::EventFeed,
     /// The shared secret GitHub signs webhook deliveries with; none: webhooks are off.
     pub webhook_secret: Option<Arc<str>>,
 }

@@ -13,6 +13,15 @@ pub(crate) struct EventRow {
     created_at: DateTime<Utc>,
 }
 
+#[derive(sqlx::FromRow)]
+struct UserEventRow {
+    id: i64,
+    user_id: String,
+    kind: String,
+    data: String,
+    created_at: DateTime<Utc>,
+}
+
 impl EventRow {
     fn into_event(self) -> Result<Event> {
         Ok(Event {
@@ -123,6 +132,34 @@ impl Store {
             .await?
         });
         rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    /// Every user's events with an id above `after`, oldest first, each with its user: one
+    /// read that serves every stream of a process (the API's event feed).
+    pub async fn log_after(&self, after: i64, limit: i64) -> Result<Vec<(String, Event)>> {
+        let rows: Vec<UserEventRow> = db!(self, |pool, pg| {
+            sqlx::query_as(
+                "SELECT id, user_id, kind, data, created_at FROM events \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|row| {
+                let user = row.user_id;
+                EventRow {
+                    id: row.id,
+                    kind: row.kind,
+                    data: row.data,
+                    created_at: row.created_at,
+                }
+                .into_event()
+                .map(|event| (user, event))
+            })
+            .collect()
     }
 
     /// The id of the newest committed event (0 if none). Every change described by an event

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mainloop_api::{
-    ApiSettings, AppState, AuthConfig, AuthMode, RateLimitSettings, RelaySettings, TemporalLink,
-    WebAssets,
+    ApiSettings, AppState, AuthConfig, AuthMode, EventFeed, RateLimitSettings, RelaySettings,
+    TemporalLink, WebAssets,
 };
 use mainloop_store::Store;
 use tempfile::TempDir;
@@ -20,6 +20,9 @@ pub struct Served {
     // Not every test target looks into the store.
     #[allow(dead_code)]
     pub store: Store,
+    // Only the fan-out test looks at the feed.
+    #[allow(dead_code)]
+    pub feed: EventFeed,
     /// Holds the database (and whatever a test writes there); removed on drop.
     _dir: TempDir,
     shutdown: CancellationToken,
@@ -47,7 +50,18 @@ pub async fn serve(
 ) -> Served {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("api.db").display());
-    let store = Store::connect(&url).await.expect("connect the store");
+    serve_on(&url, dir, mode, user, configure).await
+}
+
+/// [`serve`] on the store at `url` (migrated here), keeping `dir` until dropped.
+pub async fn serve_on(
+    url: &str,
+    dir: TempDir,
+    mode: AuthMode,
+    user: &str,
+    configure: impl FnOnce(&mut ApiSettings, &Path),
+) -> Served {
+    let store = Store::connect(url).await.expect("connect the store");
     store.migrate().await.expect("migrate the store");
     let mut settings = ApiSettings {
         auth: AuthConfig {
@@ -78,7 +92,11 @@ pub async fn serve(
     };
     configure(&mut settings, dir.path());
     let shutdown = CancellationToken::new();
+    let feed = EventFeed::start(store.clone(), shutdown.clone())
+        .await
+        .expect("start the event feed");
     let state = AppState {
+        feed: feed.clone(),
         store: store.clone(),
         auth: Arc::new(settings.auth.clone()),
         temporal: TemporalLink::disconnected(),
@@ -102,6 +120,7 @@ pub async fn serve(
     Served {
         addr,
         store,
+        feed,
         _dir: dir,
         shutdown,
     }
