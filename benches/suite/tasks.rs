@@ -30,13 +30,22 @@ pub async fn run(temporal: &DevServer) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// What [`drive`] saw of each task.
+#[derive(Default)]
+struct Driven {
+    /// Time spent inside the fake GitHub's merges: the person's time, not mainloop's.
+    merges: HashMap<String, Duration>,
+    /// Each status change, when the person first saw it.
+    seen: HashMap<String, Vec<(TaskStatus, Instant)>>,
+}
+
 /// What the person does to tasks: approves plans and merges pull requests as soon as they
-/// are asked to, until every task in `ids` is merged. Returns the time spent inside the fake
-/// GitHub's merges (the person's time, not mainloop's) per task.
-async fn drive(stack: &TaskStack, ids: &[String]) -> Result<HashMap<String, Duration>> {
+/// are asked to, until every task in `ids` is merged.
+async fn drive(stack: &TaskStack, ids: &[String]) -> Result<Driven> {
     let mut wake = stack.store.subscribe_events();
     let mut approved = HashSet::new();
     let mut merged: HashMap<String, Duration> = HashMap::new();
+    let mut seen: HashMap<String, Vec<(TaskStatus, Instant)>> = HashMap::new();
     let mut merging = tokio::task::JoinSet::new();
     // One merge at a time, as one person merges (and the fake's merges of one repository
     // must not race each other for `main`).
@@ -45,8 +54,13 @@ async fn drive(stack: &TaskStack, ids: &[String]) -> Result<HashMap<String, Dura
     let deadline = tokio::time::Instant::now() + WAIT * 3;
     loop {
         let tasks = stack.store.list_tasks(&stack.user, None, 100_000).await?;
+        let now = Instant::now();
         let mut done = 0;
         for task in tasks.iter().filter(|t| wanted.contains(&t.id)) {
+            let changes = seen.entry(task.id.clone()).or_default();
+            if changes.last().map(|(status, _)| *status) != Some(task.status) {
+                changes.push((task.status, now));
+            }
             match task.status {
                 TaskStatus::WaitingPlanReview if approved.insert(task.id.clone()) => {
                     stack
@@ -83,7 +97,10 @@ async fn drive(stack: &TaskStack, ids: &[String]) -> Result<HashMap<String, Dura
                 let (id, took) = finished??;
                 merged.insert(id, took);
             }
-            return Ok(merged);
+            return Ok(Driven {
+                merges: merged,
+                seen,
+            });
         }
         match tokio::time::timeout_at(deadline, wake.recv()).await {
             Err(_) => bail!(
@@ -97,6 +114,24 @@ async fn drive(stack: &TaskStack, ids: &[String]) -> Result<HashMap<String, Dura
             }
         }
     }
+}
+
+/// How long a task took from `start` (the confirmation) to its first status seen, then how
+/// long it stayed in each status it went through. The last status (merged)
+/// has no end and is left out.
+fn time_in_each_status(
+    start: Instant,
+    changes: &[(TaskStatus, Instant)],
+) -> Vec<(&'static str, Duration)> {
+    let mut times = Vec::new();
+    if let Some((_, first)) = changes.first() {
+        times.push(("confirm→seen", first.saturating_duration_since(start)));
+    }
+    for pair in changes.windows(2) {
+        let ((status, from), (_, to)) = (pair[0], pair[1]);
+        times.push((status.as_str(), to.saturating_duration_since(from)));
+    }
+    times
 }
 
 /// Time task `id`'s jobs ran, from their recorded runs.
@@ -163,16 +198,24 @@ async fn lifecycle(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> 
     let mut jobs = Vec::new();
     let mut events = Vec::new();
     let mut last = String::new();
+    let mut phases: Vec<(&'static str, Vec<Duration>)> = Vec::new();
     // One warm-up task: the first job and the first workflow of a worker pay for caches.
     for i in 0..=iterations {
         let proposal = stack.proposal(false).await?;
         let start = Instant::now();
         let id = stack.confirm(&proposal).await?;
-        let merges = drive(stack, std::slice::from_ref(&id)).await?;
+        let driven = drive(stack, std::slice::from_ref(&id)).await?;
         let total = start.elapsed();
         let job = job_time(stack, &id).await?;
-        let merge = merges.get(&id).copied().unwrap_or_default();
+        let merge = driven.merges.get(&id).copied().unwrap_or_default();
         if i > 0 {
+            let changes = driven.seen.get(&id).map(Vec::as_slice).unwrap_or_default();
+            for (status, took) in time_in_each_status(start, changes) {
+                match phases.iter_mut().find(|(s, _)| *s == status) {
+                    Some((_, samples)) => samples.push(took),
+                    None => phases.push((status, vec![took])),
+                }
+            }
             overhead.push(total.saturating_sub(job + merge));
             totals.push(total);
             jobs.push(job);
@@ -187,6 +230,11 @@ async fn lifecycle(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> 
     events.sort_by(f64::total_cmp);
     let events_p50 = events.get(events.len() / 2).copied().unwrap_or(f64::NAN);
     let events_max = events.last().copied().unwrap_or(f64::NAN);
+    let phases = phases
+        .into_iter()
+        .map(|(phase, samples)| format!("{phase} {:.0}", Stats::of(samples).p50_ms))
+        .collect::<Vec<_>>()
+        .join(", ");
     let breakdown = history_breakdown(temporal, &last)
         .await?
         .iter()
@@ -203,7 +251,8 @@ async fn lifecycle(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> 
             probe: Some(Probe::NoopWorkflow),
             note: format!(
                 "n={}; wall p50 {:.0} ms minus jobs p50 {:.0} ms (instant agent: 4 jobs, git \
-                 push) and the merge; p99 {:.0} ms",
+                 push) and the merge; p99 {:.0} ms; wall p50 in each status, ms, from confirm \
+                 (jobs and the merge inside): {phases}",
                 overhead.n, totals.p50_ms, jobs.p50_ms, overhead.p99_ms
             ),
         },
