@@ -10,9 +10,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use mainloop_store::{Event, Store, StoreError};
+use mainloop_store::{Event, RetryBackoff, Store, StoreError};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -100,11 +99,11 @@ async fn follow(
     mut cursor: i64,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = RetryBackoff::default();
     loop {
         let full = match store.log_after(cursor, PAGE).await {
             Ok(events) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 feed.inner.feed_reads.fetch_add(1, Ordering::Relaxed);
                 let full = events.len() as i64 == PAGE;
                 if let Some((_, newest)) = events.last() {
@@ -123,10 +122,9 @@ async fn follow(
             Err(error) => {
                 tracing::warn!(%error, "cannot read the event log; retrying");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = backoff.sleep() => {}
                     () = shutdown.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };

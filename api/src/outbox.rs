@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use futures::StreamExt;
-use mainloop_store::{OutboxItem, SIGNAL_GITHUB, SIGNAL_MESSAGE, SIGNAL_PROPOSAL_DECISION, Store};
+use mainloop_store::{
+    OutboxItem, RetryBackoff, SIGNAL_GITHUB, SIGNAL_MESSAGE, SIGNAL_PROPOSAL_DECISION, Store,
+};
 use mainloop_workflows::WorkerTaskWorkflow;
 use mainloop_workflows::payload::json_payload;
 use mainloop_workflows::{
@@ -47,23 +49,22 @@ pub async fn run(
         () = shutdown.cancelled() => None,
     };
     let Some(client) = client else { return };
-    let mut store_backoff = Duration::from_millis(100);
+    let mut store_backoff = RetryBackoff::default();
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let items = match store.claim_outbox(settings.batch, settings.lease).await {
             Ok(items) => {
-                store_backoff = Duration::from_millis(100);
+                store_backoff.reset();
                 items
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot read the outbox; retrying");
                 tokio::select! {
-                    () = tokio::time::sleep(store_backoff) => {}
+                    () = store_backoff.sleep() => {}
                     () = shutdown.cancelled() => return,
                 }
-                store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };

@@ -14,6 +14,7 @@ mod messages;
 pub mod model;
 mod outbox;
 mod proposals;
+mod retry;
 mod tasks;
 mod webhooks;
 
@@ -32,6 +33,7 @@ pub use limits::RateLimit;
 pub use messages::{Accepted, SIGNAL_MESSAGE, StartedReply};
 pub use model::*;
 pub use proposals::{Decision, NewProposal, SIGNAL_PROPOSAL_DECISION};
+pub use retry::RetryBackoff;
 pub use tasks::{
     ConfirmOverrides, Cost, InboxItem, InboxKind, NewInboxItem, NewTaskInput, Project, Task,
     TaskBudget, TaskInputRecord, TaskLogLine, TaskProjection, TaskQuestion, TaskQuestionOption,
@@ -220,24 +222,22 @@ impl Store {
 /// as needed. After a lost connection it wakes everyone, since notifications sent while it
 /// was away are gone.
 async fn forward_notifications(pool: PgPool, events: broadcast::Sender<()>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = RetryBackoff::default();
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::warn!(%error, "cannot open the PostgreSQL event listener; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.sleep().await;
                 continue;
             }
         };
         if let Err(error) = listener.listen(EVENTS_CHANNEL).await {
             tracing::warn!(%error, "cannot LISTEN for events; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff.sleep().await;
             continue;
         }
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         // Anything committed before LISTEN took effect was not announced.
         wake(&events);
         loop {
