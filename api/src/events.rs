@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
-use mainloop_store::Event;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
@@ -23,7 +22,7 @@ use crate::AppState;
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult, code};
 use crate::extract::ApiQuery;
-use crate::feed::{Batch, PAGE};
+use crate::feed::{Batch, FedEvent, PAGE, sse_event};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -114,7 +113,7 @@ pub async fn stream(
                 if let Some(batch) = pending.take() {
                     for event in mine(&batch, &user, after) {
                         after = event.id;
-                        yield Ok(sse_event(event));
+                        yield Ok(event.sse.clone());
                     }
                     level = Some(batch.last);
                 }
@@ -125,7 +124,7 @@ pub async fn stream(
                     Ok(batch) if level == Some(batch.after) => {
                         for event in mine(&batch, &user, after) {
                             after = event.id;
-                            yield Ok(sse_event(event));
+                            yield Ok(event.sse.clone());
                         }
                         level = Some(batch.last);
                     }
@@ -147,17 +146,9 @@ pub async fn stream(
 }
 
 /// The user's events in `batch` after `after`.
-fn mine<'a>(batch: &'a Batch, user: &'a str, after: i64) -> impl Iterator<Item = &'a Event> {
+fn mine<'a>(batch: &'a Batch, user: &'a str, after: i64) -> impl Iterator<Item = &'a FedEvent> {
     batch
         .events
         .iter()
-        .filter(move |(owner, event)| owner == user && event.id > after)
-        .map(|(_, event)| event)
-}
-
-fn sse_event(event: &Event) -> SseEvent {
-    SseEvent::default()
-        .id(event.id.to_string())
-        .event(&event.kind)
-        .data(event.data.to_string())
+        .filter(move |event| event.user == user && event.id > after)
 }

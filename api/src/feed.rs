@@ -1,6 +1,7 @@
 //! The process's one live reader of the event log. Every open `GET /api/events` stream
 //! follows it instead of querying the log on each wake-up, so a commit costs this process one
-//! read however many clients are connected (DESIGN §12, F7).
+//! read, and each event one rendering as SSE, however many clients are connected (DESIGN §12,
+//! F7).
 //!
 //! The feed reads every user's events after its cursor and hands each read out as a
 //! [`Batch`]: all events with ids in `(after, last]`. Since ids follow commit order (the
@@ -11,6 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::response::sse::Event as SseEvent;
 use mainloop_store::{Event, RetryBackoff, Store, StoreError};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
@@ -28,7 +30,34 @@ const KEPT_BATCHES: usize = 64;
 pub struct Batch {
     pub after: i64,
     pub last: i64,
-    pub events: Vec<(String, Event)>,
+    pub events: Vec<FedEvent>,
+}
+
+/// One event of a batch, rendered once for every stream that sends it.
+#[derive(Debug)]
+pub struct FedEvent {
+    pub user: String,
+    pub id: i64,
+    pub sse: SseEvent,
+}
+
+impl FedEvent {
+    fn new(user: String, event: &Event) -> FedEvent {
+        FedEvent {
+            user,
+            id: event.id,
+            sse: sse_event(event),
+        }
+    }
+}
+
+/// An event as its SSE frame: the log id as the SSE id, so a reconnecting client resumes
+/// after it.
+pub(crate) fn sse_event(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.id.to_string())
+        .event(&event.kind)
+        .data(event.data.to_string())
 }
 
 /// A handle on the process's feed; clones share it.
@@ -110,7 +139,10 @@ async fn follow(
                     let batch = Batch {
                         after: cursor,
                         last: newest.id,
-                        events,
+                        events: events
+                            .into_iter()
+                            .map(|(user, event)| FedEvent::new(user, &event))
+                            .collect(),
                     };
                     cursor = batch.last;
                     if feed.inner.batches.send(Arc::new(batch)).is_err() {

@@ -157,7 +157,7 @@ async fn an_event_committed_as_the_feed_starts_is_in_its_first_batch() -> anyhow
         .await?;
     let batch = tokio::time::timeout(WAIT, batches.recv()).await??;
     assert_eq!(batch.events.len(), 1);
-    assert_eq!(batch.events[0].1.id, appended[0].id);
+    assert_eq!(batch.events[0].id, appended[0].id);
     assert_eq!(batch.last, appended[0].id);
     Ok(())
 }
