@@ -73,7 +73,15 @@ fn run() -> Result<Outcome, String> {
     let git = Git::new(&spec, dir);
     git.run(&["init", "--quiet"])?;
     git.run(&["fetch", "--quiet", "--depth=1", &spec.clone_url, &from])?;
-    let message = format!("{} ({})", spec.title, spec.mode.as_str());
+    // The task's id keeps two tasks' commits apart: tasks with one title, started in the same
+    // second on the same main, would otherwise push the very same commit, and once one of
+    // them merged, the other's branch had nothing left to open a pull request with.
+    let message = format!(
+        "{} ({}, task {})",
+        spec.title,
+        spec.mode.as_str(),
+        spec.task_id
+    );
     let commit = git.run(&[
         "commit-tree",
         "FETCH_HEAD^{tree}",
