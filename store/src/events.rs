@@ -15,11 +15,9 @@ pub(crate) struct EventRow {
 
 #[derive(sqlx::FromRow)]
 struct UserEventRow {
-    id: i64,
     user_id: String,
-    kind: String,
-    data: String,
-    created_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    event: EventRow,
 }
 
 impl EventRow {
@@ -148,17 +146,7 @@ impl Store {
             .await?
         });
         rows.into_iter()
-            .map(|row| {
-                let user = row.user_id;
-                EventRow {
-                    id: row.id,
-                    kind: row.kind,
-                    data: row.data,
-                    created_at: row.created_at,
-                }
-                .into_event()
-                .map(|event| (user, event))
-            })
+            .map(|row| row.event.into_event().map(|event| (row.user_id, event)))
             .collect()
     }
 
