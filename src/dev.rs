@@ -107,13 +107,11 @@ async fn run_services(
         &api_shutdown,
     )
     .await?;
-    for line in demo.map(crate::demo::banner).unwrap_or_default() {
-        println!("{line}");
-    }
-    println!("mainloop  http://{}", started.address);
-    if let Some(ui) = temporal.ui_url() {
-        println!("temporal-ui  {ui}");
-    }
+    let mut banner = demo.map(crate::demo::banner).unwrap_or_default();
+    banner.push(format!("mainloop  http://{}", started.address));
+    banner.extend(temporal.ui_url().map(|ui| format!("temporal-ui  {ui}")));
+    banner.extend(metrics_listener.banner_line());
+    crate::run::announce(&banner);
     let polling = Arc::new(AtomicBool::new(false));
     let probes = Probes {
         api: Some(ApiProbe {

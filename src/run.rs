@@ -37,6 +37,27 @@ use mainloop_activities::jobs::kubernetes::KubernetesRunner;
 use mainloop_activities::jobs::local::{LocalRunner, LocalRunnerSettings};
 use mainloop_activities::tasks::{TaskActivities, TaskConfig, TaskSettings};
 
+/// Prints the lines that tell a user where things are, in one write.
+///
+/// A closed stdout (`mainloop dev | head -3`, or a supervisor that stopped reading) is no
+/// reason to stop serving: the failure is logged, the same addresses are in the log, and the
+/// process goes on. `println!` would panic there and take everything down.
+pub fn announce(lines: &[String]) {
+    use std::io::Write;
+    if lines.is_empty() {
+        return;
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        tracing::warn!(%error, lines = ?lines, "could not print the addresses to stdout");
+    }
+}
+
 pub async fn migrate(args: StoreArgs) -> Result<()> {
     let store = open_store(&args, true).await?;
     store.close().await;
@@ -81,7 +102,9 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<()> {
         &shutdown,
     )
     .await?;
-    println!("mainloop  http://{}", api.address);
+    let mut banner = vec![format!("mainloop  http://{}", api.address)];
+    banner.extend(metrics_listener.banner_line());
+    announce(&banner);
     // Scrapes and probes are answered until the API has finished its last request.
     let stop_metrics = CancellationToken::new();
     let probes = Probes {
@@ -106,6 +129,7 @@ pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()>
     let telemetry = Telemetry::new()?;
     let polling = Arc::new(AtomicBool::new(false));
     let stop_metrics = CancellationToken::new();
+    announce(&Vec::from_iter(metrics_listener.banner_line()));
     let probes = Probes {
         api: None,
         worker: Some(polling.clone()),

@@ -117,14 +117,17 @@ impl Listener {
         Ok(Listener(Some(listener)))
     }
 
+    /// The line that announces where metrics are scraped, if there is a listener.
+    pub fn banner_line(&self) -> Option<String> {
+        let address = self.0.as_ref()?.local_addr().ok()?;
+        Some(format!("metrics  http://{address}/metrics"))
+    }
+
     /// Serves the registry and the probes until `stop`.
     pub fn serve(self, telemetry: &Telemetry, probes: Probes, stop: CancellationToken) -> Served {
         let Some(listener) = self.0 else {
             return Served(None);
         };
-        if let Ok(address) = listener.local_addr() {
-            println!("metrics  http://{address}/metrics");
-        }
         let exporter = Arc::new(Exporter {
             registry: telemetry.registry.clone(),
             probes,

@@ -46,16 +46,48 @@ fn dev_command(data: &std::path::Path, ports: (u16, u16, u16)) -> Result<Command
     Ok(command)
 }
 
-async fn start_dev(
+/// Starts `mainloop dev` with its stdout closed before it prints a byte, as `mainloop dev |
+/// head -0` or a supervisor that stopped reading gives it, and waits for it to log that it
+/// could not print its addresses: it must go on serving all the same.
+async fn start_dev_with_stdout_closed(
     data: &std::path::Path,
     anthropic: &FakeAnthropic,
     ports: (u16, u16, u16),
 ) -> Result<Dev> {
     let mut command = dev_command(data, ports)?;
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
     command
         .env("ANTHROPIC_BASE_URL", anthropic.base_url())
-        .env("ANTHROPIC_API_KEY", anthropic.api_key());
-    spawn_dev(command).await
+        .env("ANTHROPIC_API_KEY", anthropic.api_key())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped());
+    let mut process = command.spawn()?;
+    drop(command);
+    let stderr = process.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await? {
+            eprintln!("{line}");
+            if line.contains("could not print the addresses to stdout") {
+                return anyhow::Ok(());
+            }
+        }
+        bail!("mainloop dev exited when its stdout was closed")
+    })
+    .await??;
+    // The rest of its log goes where the test's goes, and never fills the pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("{line}");
+        }
+    });
+    Ok(Dev {
+        process,
+        api: format!("http://127.0.0.1:{}", ports.0),
+        ui: format!("http://127.0.0.1:{}", ports.2),
+        banner: Vec::new(),
+    })
 }
 
 /// Spawns `mainloop dev` and reads its output until it has printed both URLs.
@@ -169,8 +201,9 @@ async fn mainloop_dev_runs_everything_stops_cleanly_and_keeps_the_thread() -> Re
     assert!(std::net::TcpStream::connect(("127.0.0.1", ports.0)).is_err());
     assert!(std::net::TcpStream::connect(&metrics).is_err());
 
-    // A restart keeps every message, and the same thread answers again.
-    let mut dev = start_dev(data.path(), &anthropic, ports).await?;
+    // A restart keeps every message, and the same thread answers again; this time nobody
+    // reads what it prints.
+    let mut dev = start_dev_with_stdout_closed(data.path(), &anthropic, ports).await?;
     // Without MAINLOOP_METRICS_LISTEN, no metrics listener.
     assert!(std::net::TcpStream::connect(&metrics).is_err());
     let page: serde_json::Value = http
