@@ -746,6 +746,22 @@ fn failed(what: &str, error: &ActivityExecutionError) -> String {
     format!("{what}: {detail}")
 }
 
+/// The part of a job's name that says which run of the task started it.
+///
+/// A retried activity of the same run finds its job again (the job outlives a worker crash),
+/// while a run made by `temporal workflow reset` must do the work anew instead of reading the
+/// result of a job the old run started. Run ids are UUIDv7 on current servers: their leading
+/// characters are a timestamp that only moves every 65 s, so the whole id is hashed (FNV-1a,
+/// stable across builds and platforms, unlike `std`'s hasher).
+fn run_tag(run_id: &str) -> String {
+    let hash = run_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{:08x}", hash >> 32)
+}
+
 /// Runs a job of `mode`, again on retryable failures up to `job_attempts` times in all.
 async fn job(
     ctx: &Ctx,
@@ -754,16 +770,7 @@ async fn job(
     context_key: Option<String>,
 ) -> Result<JobOutput, Step> {
     let mut last_error = String::new();
-    // The run's id is in the job's name: a retried activity of this run finds its job again
-    // (the job outlives a worker crash), while a run made by `temporal workflow reset` does
-    // the work anew instead of re-reading the result of a job the old run started.
-    let run8: String = ctx
-        .run_id()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(8)
-        .collect::<String>()
-        .to_lowercase();
+    let run = run_tag(&ctx.run_id());
     for _ in 0..config.job_attempts.max(1) {
         budget::within(ctx, false).await?;
         let input = ctx.state_mut(|s| {
@@ -780,7 +787,7 @@ async fn job(
                     task_id: s.task_id.clone(),
                 },
                 name: format!(
-                    "t-{}-{run8}-{:02}-{}",
+                    "t-{}-{run}-{:02}-{}",
                     id8.to_lowercase(),
                     s.mem.jobs,
                     mode.as_str()
@@ -1762,4 +1769,24 @@ fn continue_as_new(ctx: &Ctx, task_queue: Option<String>) -> WorkflowResult<()> 
         .build();
     ctx.continue_as_new(input, options)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_tag;
+
+    #[test]
+    fn runs_started_in_the_same_minute_name_their_jobs_apart() {
+        // Two UUIDv7 run ids from one second, as a reset right after a start gives them.
+        let first = run_tag("019aa8f2-4c1e-7d3a-9b2f-2f6e1c0d4a11");
+        let reset = run_tag("019aa8f2-4d80-7e01-8a77-90b3c5e2f6d2");
+        assert_ne!(first, reset);
+        assert_eq!(first, run_tag("019aa8f2-4c1e-7d3a-9b2f-2f6e1c0d4a11"));
+        assert_eq!(first.len(), 8);
+        assert!(
+            first
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+    }
 }
