@@ -428,13 +428,14 @@ async fn task_from_questions_to_merge() -> Result<()> {
         .map(|run| run["taskQueue"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(queues, ["mainloop-intake", "mainloop"]);
-    // The corpus keeps `from_questions_to_merge`, recorded before the intake queue, as the
-    // history of a task that never moves.
+    // The corpus keeps the histories this scenario recorded before: `from_questions_to_merge`
+    // from before the intake queue (a task that never moves), and `…_via_intake` from before
+    // `implementing` was recorded at the approval.
     keep_workflow(
         &ts.stack,
         &workflow,
         "task",
-        "from_questions_to_merge_via_intake",
+        "from_questions_to_merge_implementing_at_approval",
     )
     .await?;
     settle(&ts.stack, 1).await?;

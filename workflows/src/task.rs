@@ -662,6 +662,13 @@ fn github_options(config: &TaskConfig) -> ActivityOptions {
 /// Marks histories whose jobs run on the job queue; older ones keep theirs on the task queue.
 const JOB_QUEUE_PATCH: &str = "jobs-on-their-own-queue";
 
+/// Marks histories that record `implementing` as soon as the plan is approved, before the
+/// issue is updated; older ones record it when the implement phase starts.
+const IMPLEMENTING_AT_APPROVAL_PATCH: &str = "implementing-recorded-at-approval";
+
+/// What the task says while its implement job runs.
+const IMPLEMENTING: &str = "implementing the plan";
+
 /// A job may run `job_timeout_ms`; the activity gets a tenth more, so the runner's own
 /// timeout (which kills the job) fires first.
 fn job_options(config: &TaskConfig) -> ActivityOptions {
@@ -1212,6 +1219,11 @@ async fn plan_review(ctx: &Ctx, config: &TaskConfig) -> Step {
                 &ctx.state(|s| s.task_id.clone()),
             );
             ctx.state_mut(|s| s.mem.branch = Some(branch.clone()));
+            // The person who approved sees the task move at once; the issue's update and
+            // comment are two calls to GitHub they need not wait for.
+            if ctx.patched(IMPLEMENTING_AT_APPROVAL_PATCH) {
+                record(ctx, TaskStatus::Implementing, IMPLEMENTING, None).await;
+            }
             github!(
                 ctx,
                 config,
@@ -1274,7 +1286,13 @@ async fn implement(ctx: &Ctx, config: &TaskConfig) -> Step {
     }
     // A retried implement phase whose PR exists goes on from the PR.
     if ctx.state(|s| s.mem.pr.is_none()) {
-        record(ctx, TaskStatus::Implementing, "implementing the plan", None).await;
+        // Recorded at the approval already, unless the phase is retried or skipped planning.
+        let recorded = ctx.state(|s| {
+            s.mem.status == Some(TaskStatus::Implementing) && s.mem.detail == IMPLEMENTING
+        });
+        if !(recorded && ctx.patched(IMPLEMENTING_AT_APPROVAL_PATCH)) {
+            record(ctx, TaskStatus::Implementing, IMPLEMENTING, None).await;
+        }
         let output = tryit!(job(ctx, config, Mode::Implement, None).await);
         let JobOutcome::Pushed { commit, .. } = output.outcome else {
             return Step::Fail("the implement job pushed nothing".to_string());
