@@ -266,6 +266,11 @@ pub struct WorkerSettingsArgs {
     /// it (after a worker dies, its workflows resume after this).
     #[arg(long, env = "MAINLOOP_STICKY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub sticky_timeout: Duration,
+    /// Most workflows kept in memory between their steps, per workflow queue (the tasks', the
+    /// chat's, the intake's): about 90 KiB each. Beyond it the least recently used is evicted,
+    /// and replayed from its history the next time it has work (a few ms for a task).
+    #[arg(long, env = "MAINLOOP_WORKFLOW_CACHE", default_value_t = 1000)]
+    pub workflow_cache: usize,
 }
 
 #[derive(Debug, Args)]

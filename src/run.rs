@@ -410,6 +410,7 @@ pub async fn run_worker(
             max_jobs: parts.tasks.max_jobs,
             graceful_shutdown: worker_args.shutdown_grace,
             sticky_timeout: worker_args.sticky_timeout,
+            workflow_cache: worker_args.workflow_cache,
             meter: Some(parts.telemetry.worker_meter()),
             polling: parts.polling.clone(),
         },

@@ -1,6 +1,6 @@
 //! Worker tasks that survive what happens to them: the worker killed mid-job, a failed task
-//! retried or reset by an operator with the `temporal` CLI, and a review that asks for changes
-//! after the PR was ready.
+//! retried or reset by an operator with the `temporal` CLI, a review that asks for changes
+//! after the PR was ready, and a worker that caches no workflow at all.
 
 use anyhow::{Context, Result};
 use mainloop_store::TaskStatus;
@@ -331,5 +331,40 @@ async fn changes_requested_in_a_review_lead_to_a_feedback_job_and_ready_again() 
         "no reaction on the review comment"
     );
     assert!(!ts.github.pull(REPO, pr).context("PR")?.draft);
+    Ok(())
+}
+
+/// With no workflow cache (`MAINLOOP_WORKFLOW_CACHE=0`) every workflow task replays the task's
+/// history from its start, as happens to a parked task evicted from a full cache when it is
+/// answered: the task still goes from plan to merged with one PR, and no workflow task went
+/// to a sticky queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_replayed_at_every_step_without_a_workflow_cache_still_merges() -> Result<()> {
+    let ts =
+        TaskStack::start_with_roles(&[], &[("worker", "MAINLOOP_WORKFLOW_CACHE", "0")]).await?;
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    let id = ts.confirmed_task(json!({})).await?;
+    ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+    approve_plan(&ts, &id).await?;
+    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    let pr = task.pr_number.context("no PR")? as u64;
+    ts.github.merge_pr(REPO, pr).await?;
+    ts.wait_status(&id, TaskStatus::Merged).await?;
+    assert_eq!(ts.github.view(|v| v.pulls(REPO).len()), 1);
+
+    let mut queues = std::collections::BTreeMap::<String, usize>::new();
+    for run in crate::histories::histories(&ts.stack, &format!("task/{id}")).await? {
+        let history: serde_json::Value = serde_json::from_slice(&run)?;
+        for event in history["events"].as_array().into_iter().flatten() {
+            let scheduled = &event["attributes"]["WorkflowTaskScheduledEventAttributes"];
+            if let Some(kind) = scheduled["task_queue"]["kind"].as_i64() {
+                // 1: the task queue every worker polls; 2: one worker's sticky queue.
+                let kind = if kind == 2 { "sticky" } else { "normal" };
+                *queues.entry(kind.to_string()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(queues.get("sticky"), None, "{queues:?}");
+    assert!(queues.get("normal").is_some_and(|n| *n > 10), "{queues:?}");
     Ok(())
 }

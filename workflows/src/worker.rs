@@ -39,6 +39,10 @@ pub struct WorkerSettings {
     pub graceful_shutdown: Duration,
     /// How long a cached workflow's task waits for this worker before any worker may take it.
     pub sticky_timeout: Duration,
+    /// Most workflows each workflow worker keeps in memory between their workflow tasks;
+    /// beyond it the least recently used is evicted and replayed from its history when it
+    /// next has work. It bounds the memory of tasks parked on a person, whatever their number.
+    pub workflow_cache: usize,
     /// Where the SDK records its metrics (`temporal_*`); none: it records none.
     pub meter: Option<Arc<dyn CoreMeter>>,
     /// True while the SDK's worker runs (it checks the namespace, then polls), false while it
@@ -90,6 +94,7 @@ pub async fn run(
                 .register_activities(Shared(tasks.clone()))
                 .graceful_shutdown_period(settings.graceful_shutdown)
                 .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
+                .max_cached_workflows(settings.workflow_cache)
                 .build())
         },
     );
@@ -101,6 +106,7 @@ pub async fn run(
             .register_activities(Shared(chat.clone()))
             .graceful_shutdown_period(settings.graceful_shutdown)
             .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
+            .max_cached_workflows(settings.workflow_cache)
             .build())
     });
     // New tasks, until they first wait: their first steps are never queued behind the replays
@@ -111,6 +117,7 @@ pub async fn run(
             .register_activities(Shared(tasks.clone()))
             .graceful_shutdown_period(settings.graceful_shutdown)
             .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
+            .max_cached_workflows(settings.workflow_cache)
             .build())
     });
     // Activities only: as many slots as jobs may run, so a job is taken from the queue only
