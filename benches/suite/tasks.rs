@@ -8,6 +8,10 @@
 //!   memory per parked task.
 //! - F5: a plan approval posted to the API → the task's workflow moves on (its new status on
 //!   the event stream), for some of the parked tasks, one at a time.
+//!
+//! F4 and F5 then run again on a second stack whose worker caches fewer workflows than there
+//! are parked tasks (`MAINLOOP_WORKFLOW_CACHE`): what a parked task costs once evicted, and
+//! how fast an evicted one resumes (it is replayed from its history).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -26,7 +30,16 @@ pub async fn run(temporal: &DevServer) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     rows.extend(lifecycle(&stack, temporal).await?);
     rows.extend(throughput(&stack).await?);
-    rows.extend(parked(&stack).await?);
+    rows.extend(parked(&stack, None).await?);
+    drop(stack);
+    let cache = setting("F4_CACHE", 50);
+    let evicting = TaskStack::start(
+        temporal,
+        "evicting",
+        &[("MAINLOOP_WORKFLOW_CACHE", &cache.to_string())],
+    )
+    .await?;
+    rows.extend(parked(&evicting, Some(cache)).await?);
     Ok(rows)
 }
 
@@ -321,10 +334,9 @@ async fn throughput(stack: &TaskStack) -> Result<Vec<Row>> {
     ])
 }
 
-async fn parked(stack: &TaskStack) -> Result<Vec<Row>> {
-    let count = setting("F4_TASKS", 200);
-    let resumes = setting("F5_ITERATIONS", 30).min(count);
-    let worker = stack.worker_pid()?;
+/// Confirms `count` new tasks and waits until each waits for its plan review. Returns the
+/// worker's resident memory just before the confirmations, and the tasks' ids.
+async fn park(stack: &TaskStack, worker: u32, count: usize) -> Result<(u64, Vec<String>)> {
     let mut proposals = Vec::new();
     for _ in 0..count {
         proposals.push(stack.proposal(false).await?);
@@ -345,11 +357,33 @@ async fn parked(stack: &TaskStack) -> Result<Vec<Row>> {
             Ok((waiting == ids.len()).then_some(()))
         })
         .await?;
+    Ok((before, ids))
+}
+
+/// F4 and F5; `cache`: the worker's workflow cache, when it was set below the parked count.
+async fn parked(stack: &TaskStack, cache: Option<usize>) -> Result<Vec<Row>> {
+    let count = setting("F4_TASKS", 200);
+    let resumes = setting("F5_ITERATIONS", 30).min(count);
+    let worker = stack.worker_pid()?;
+    if cache.is_some() {
+        // This worker is fresh, and a fresh worker's heap grows with its first tasks: a first
+        // batch fills the cache and the heap, so the measured one shows what each parked task
+        // adds once the cache is full.
+        park(stack, worker, count).await?;
+    }
+    let (before, ids) = park(stack, worker, count).await?;
     let after = rss_kib(worker)?;
     let per_task_kib = after.saturating_sub(before) as f64 / count as f64;
+    let (parked_how, resumed_how) = match cache {
+        None => (String::new(), String::new()),
+        Some(cache) => (
+            format!(", a workflow cache of {cache}"),
+            format!(" (evicted from a cache of {cache}, replayed)"),
+        ),
+    };
     let mut rows = vec![Row {
         id: "F4",
-        what: "worker memory per task parked on a person".into(),
+        what: format!("worker memory per task parked on a person{parked_how}"),
         figure: per_task_kib,
         unit: "KiB",
         bound: Bound::AtMost(64.0),
@@ -394,7 +428,9 @@ async fn parked(stack: &TaskStack) -> Result<Vec<Row>> {
     let accepted = Stats::of(accepted);
     rows.push(Row {
         id: "F5",
-        what: "plan approval posted → task workflow resumes (status on SSE), p50".into(),
+        what: format!(
+            "plan approval posted → task workflow resumes (status on SSE){resumed_how}, p50"
+        ),
         figure: resumed.p50_ms,
         unit: "ms",
         bound: Bound::AtMost(15.0),
