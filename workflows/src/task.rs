@@ -777,7 +777,7 @@ async fn job(
     context_key: Option<String>,
 ) -> Result<JobOutput, Step> {
     let mut last_error = String::new();
-    let run = run_tag(&ctx.run_id());
+    let run = run_tag(ctx.run_id());
     for _ in 0..config.job_attempts.max(1) {
         budget::within(ctx, false).await?;
         let input = ctx.state_mut(|s| {
