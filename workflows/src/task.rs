@@ -1287,9 +1287,7 @@ async fn implement(ctx: &Ctx, config: &TaskConfig) -> Step {
     // A retried implement phase whose PR exists goes on from the PR.
     if ctx.state(|s| s.mem.pr.is_none()) {
         // Recorded at the approval already, unless the phase is retried or skipped planning.
-        let recorded = ctx.state(|s| {
-            s.mem.status == Some(TaskStatus::Implementing) && s.mem.detail == IMPLEMENTING
-        });
+        let recorded = ctx.state(|s| s.mem.status == Some(TaskStatus::Implementing));
         if !(recorded && ctx.patched(IMPLEMENTING_AT_APPROVAL_PATCH)) {
             record(ctx, TaskStatus::Implementing, IMPLEMENTING, None).await;
         }
