@@ -2,7 +2,8 @@
 //! (`workflows/tests/coverage`) found no history for: a main thread started without its
 //! search attribute, a task approved on GitHub, nudged by a webhook, continued as new and
 //! closed without merging, a task cancelled while a job runs, a task whose CI runs out of fix
-//! attempts at the default limits, and task news queued behind a turn written at once.
+//! attempts at the default limits, task news queued behind a turn written at once, and a task
+//! nudged by a webhook while it was busy between two waits.
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
@@ -191,4 +192,88 @@ async fn task_events_queued_behind_a_turn_are_noted_together() -> Result<()> {
     assert_eq!(local_activities(&stack, "thread.notes").await?, 1);
     assert_eq!(local_activities(&stack, "thread.note").await?, 0);
     keep(&stack, "task_events_noted_together").await
+}
+
+/// Whether the latest run of `workflow_id` has taken a `github` signal (a webhook's nudge).
+async fn nudged(stack: &Stack, workflow_id: &str) -> Result<bool> {
+    let runs = histories(stack, workflow_id).await?;
+    let Some(latest) = runs.last() else {
+        return Ok(false);
+    };
+    let history: serde_json::Value = serde_json::from_slice(latest)?;
+    Ok(history["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|event| {
+            event["attributes"]["WorkflowExecutionSignaledEventAttributes"]["signal_name"]
+                == "github"
+        }))
+}
+
+/// A webhook delivered while the implement job runs, so the task's wait for CI starts with a
+/// nudge it has not acted on: it looks at once (the `nudged-before-the-wait` patch). CI and
+/// review polls of ten minutes leave nothing else that could move it in time; before the
+/// patch, that nudge was lost and the task sat in `ci` until the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_nudged_before_its_wait() -> Result<()> {
+    let ts = TaskStack::start_with(&[
+        ("GITHUB_WEBHOOK_SECRET", crate::webhooks::SECRET),
+        ("MAINLOOP_CI_POLL", "10m"),
+        ("MAINLOOP_CI_POLL_MAX", "10m"),
+        ("MAINLOOP_REVIEW_POLL", "10m"),
+        ("MAINLOOP_REVIEW_POLL_MAX", "10m"),
+    ])
+    .await?;
+    let job = crate::task_recovery::HeldJob::start(&ts).await?;
+    let id = job.task.clone();
+    let workflow = format!("task/{id}");
+    let issue = ts.task(&id).await?.issue_number.context("issue")?;
+    // Someone comments on the issue while the job runs.
+    let comment = json!({
+        "action": "created",
+        "repository": {"full_name": REPO},
+        "issue": {"number": issue},
+    });
+    let (status, body) = crate::webhooks::deliver(
+        &ts,
+        crate::webhooks::SECRET,
+        "issue_comment",
+        "busy-1",
+        &comment,
+    )
+    .await?;
+    assert_eq!((status, body), (202, json!({"accepted": true, "tasks": 1})));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !nudged(&ts.stack, &workflow).await? {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the nudge never reached {workflow}"
+        );
+        // The signal's arrival is only observable in the history.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    job.release()?;
+
+    let ready = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    let pr = ready.pr_number.context("PR")?;
+    ts.github.merge_pr(REPO, pr as u64).await?;
+    wait_for_timer(&ts.stack, &workflow).await?;
+    let merged = json!({
+        "action": "closed",
+        "repository": {"full_name": REPO},
+        "pull_request": {"number": pr, "merged": true},
+    });
+    let (status, body) = crate::webhooks::deliver(
+        &ts,
+        crate::webhooks::SECRET,
+        "pull_request",
+        "merged-1",
+        &merged,
+    )
+    .await?;
+    assert_eq!((status, body), (202, json!({"accepted": true, "tasks": 1})));
+    ts.wait_status(&id, TaskStatus::Merged).await?;
+    wait_closed(&ts.stack, &workflow).await?;
+    keep_workflow(&ts.stack, &workflow, "task", "nudged_before_its_wait").await
 }

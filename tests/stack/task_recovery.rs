@@ -1,6 +1,7 @@
 //! Worker tasks that survive what happens to them: the worker killed mid-job, a failed task
 //! retried or reset by an operator with the `temporal` CLI, a review that asks for changes
-//! after the PR was ready, and a worker that caches no workflow at all.
+//! after the PR was ready, and a worker that caches no workflow at all. Also that a test's
+//! stack, dropped while a job is held, leaves no job running.
 
 use anyhow::{Context, Result};
 use mainloop_store::TaskStatus;
@@ -44,8 +45,8 @@ fn plain_issues(ts: &TaskStack) -> usize {
 
 /// A task (CI always passes) whose implementation job notes each time it runs, then holds
 /// until [`HeldJob::release`].
-struct HeldJob {
-    task: String,
+pub(crate) struct HeldJob {
+    pub(crate) task: String,
     started: std::path::PathBuf,
     go: std::path::PathBuf,
     _gate: tempfile::TempDir,
@@ -53,7 +54,7 @@ struct HeldJob {
 
 impl HeldJob {
     /// Confirms the task, approves its plan and returns once its implementation job runs.
-    async fn start(ts: &TaskStack) -> Result<HeldJob> {
+    pub(crate) async fn start(ts: &TaskStack) -> Result<HeldJob> {
         ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
         let gate = tempfile::tempdir()?;
         let started = gate.path().join("started");
@@ -81,7 +82,7 @@ impl HeldJob {
         })
     }
 
-    fn release(&self) -> Result<()> {
+    pub(crate) fn release(&self) -> Result<()> {
         Ok(std::fs::write(&self.go, "")?)
     }
 
@@ -366,5 +367,43 @@ async fn a_task_replayed_at_every_step_without_a_workflow_cache_still_merges() -
     }
     assert_eq!(queues.get("sticky"), None, "{queues:?}");
     assert!(queues.get("normal").is_some_and(|n| *n > 10), "{queues:?}");
+    Ok(())
+}
+
+/// The leader pids of the jobs under `root` (`{task}/{job}/job.json`).
+fn job_pids(root: &std::path::Path) -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir(root)? {
+        for job in std::fs::read_dir(task?.path())? {
+            let record = job?.path().join("job.json");
+            if let Ok(bytes) = std::fs::read(&record) {
+                let record: serde_json::Value = serde_json::from_slice(&bytes)?;
+                pids.push(u32::try_from(record["pid"].as_u64().context("pid")?)?);
+            }
+        }
+    }
+    Ok(pids)
+}
+
+/// A process that is gone or has ended (a zombie waiting for its parent).
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(str::to_string)
+        })
+        .is_none_or(|state| state == "Z" || state == "X")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stack_dropped_while_a_job_is_held_leaves_no_job_running() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    let _job = HeldJob::start(&ts).await?;
+    let pids = job_pids(ts.jobs_dir())?;
+    let held: Vec<u32> = pids.into_iter().filter(|pid| !ended(*pid)).collect();
+    anyhow::ensure!(!held.is_empty(), "no job runs while held");
+    drop(ts);
+    wait_until(|| held.iter().all(|pid| ended(*pid))).await?;
     Ok(())
 }

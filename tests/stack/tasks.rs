@@ -147,6 +147,57 @@ pub struct TaskStack {
     _jobs: tempfile::TempDir,
 }
 
+/// Jobs are process groups of their own that outlive the worker by design; a test that ends,
+/// or fails, while a job is still held must not leave it running on the machine, where it
+/// loads the tests after it (held stub jobs of a failed fault test used to).
+impl Drop for TaskStack {
+    fn drop(&mut self) {
+        stop_jobs_under(self._jobs.path());
+    }
+}
+
+/// Kills the process group of every job under `root` whose leader still runs, read from the
+/// runner's `{task}/{job}/job.json` (pid and start time, so a reused pid is left alone).
+fn stop_jobs_under(root: &Path) {
+    let dirs = |path: &Path| {
+        std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .collect::<Vec<_>>()
+    };
+    for job in dirs(root).iter().flat_map(|task| dirs(task)) {
+        let Ok(record) = std::fs::read(job.join("job.json")) else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<Value>(&record) else {
+            continue;
+        };
+        let (Some(pid), Some(start_time)) = (record["pid"].as_u64(), record["start_time"].as_u64())
+        else {
+            continue;
+        };
+        // Field 22 of /proc/{pid}/stat, counted after the command name's closing parenthesis.
+        let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().nth(19)?.parse::<u64>().ok()
+            })
+            == Some(start_time);
+        if running {
+            match std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status()
+            {
+                Ok(status) if status.success() => {}
+                outcome => eprintln!("could not stop job {}: {outcome:?}", job.display()),
+            }
+        }
+    }
+}
+
 impl TaskStack {
     pub async fn start() -> Result<TaskStack> {
         TaskStack::start_with(&[]).await
@@ -201,6 +252,11 @@ impl TaskStack {
             github,
             _jobs: jobs_dir,
         })
+    }
+
+    /// Where the worker's local job runner keeps its jobs (`MAINLOOP_JOBS_DIR`).
+    pub fn jobs_dir(&self) -> &Path {
+        self._jobs.path()
     }
 
     pub async fn request(

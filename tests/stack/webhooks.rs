@@ -10,7 +10,7 @@ use sha2::Sha256;
 
 use crate::tasks::{REPO, TaskStack};
 
-const SECRET: &str = "webhook-secret-for-tests";
+pub(crate) const SECRET: &str = "webhook-secret-for-tests";
 
 fn signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
@@ -21,7 +21,7 @@ fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// Posts a delivery as GitHub would, signed with `secret`.
-async fn deliver(
+pub(crate) async fn deliver(
     ts: &TaskStack,
     secret: &str,
     event: &str,

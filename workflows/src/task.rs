@@ -225,6 +225,9 @@ pub struct WorkerTaskWorkflow {
     /// GitHub webhook deliveries about this task so far (in this run): each wakes a wait
     /// for GitHub at once. Not kept across continue-as-new: a nudge is only a hint.
     nudges: u64,
+    /// `nudges` when the task last went to look at GitHub: any beyond it came during that
+    /// look or after it, and have not been acted on.
+    nudges_looked: u64,
 }
 
 type Ctx = WorkflowContext<WorkerTaskWorkflow>;
@@ -260,6 +263,7 @@ impl WorkerTaskWorkflow {
             },
             inbox,
             nudges: 0,
+            nudges_looked: 0,
         }
     }
 
@@ -666,6 +670,11 @@ const JOB_QUEUE_PATCH: &str = "jobs-on-their-own-queue";
 /// issue is updated; older ones record it when the implement phase starts.
 const IMPLEMENTING_AT_APPROVAL_PATCH: &str = "implementing-recorded-at-approval";
 
+/// Marks histories in which a wait for GitHub that starts with a nudge not yet acted on
+/// (one that came while the task was looking, or busy elsewhere) looks at once; older ones
+/// waited for the next poll.
+const NUDGED_BEFORE_THE_WAIT_PATCH: &str = "nudged-before-the-wait";
+
 /// What the task says while its implement job runs.
 const IMPLEMENTING: &str = "implementing the plan";
 
@@ -715,16 +724,40 @@ enum Pause {
 
 /// Waits `interval_ms` before the next look at GitHub, less if a webhook nudges the task.
 async fn pause(ctx: &Ctx, interval_ms: u64) -> Pause {
-    let seen = ctx.state(|s| s.nudges);
-    let mut timer = pin!(ctx.timer(Duration::from_millis(interval_ms)));
-    let pause = select! {
-        _ = timer.as_mut() => return Pause::Elapsed,
-        _ = ctx.wait_condition(|s| s.mem.cancel.is_some()).fuse() => Pause::Cancelled,
-        _ = ctx.wait_condition(move |s| s.nudges != seen).fuse() => Pause::Nudged,
+    let pause = if nudged_before_the_wait(ctx) {
+        Pause::Nudged
+    } else {
+        let seen = ctx.state(|s| s.nudges);
+        let mut timer = pin!(ctx.timer(Duration::from_millis(interval_ms)));
+        let pause = select! {
+            _ = timer.as_mut() => Pause::Elapsed,
+            _ = ctx.wait_condition(|s| s.mem.cancel.is_some()).fuse() => Pause::Cancelled,
+            _ = ctx.wait_condition(move |s| s.nudges != seen).fuse() => Pause::Nudged,
+        };
+        if pause != Pause::Elapsed {
+            timer.cancel();
+            let _cancelled = timer.await;
+        }
+        pause
     };
-    timer.cancel();
-    let _cancelled = timer.await;
+    going_to_look(ctx);
     pause
+}
+
+/// Whether a nudge came since the task last looked at GitHub, while no cancel waits: then
+/// there is no point waiting before the next look. Without this, a webhook delivered while
+/// the task was between two waits (CI that finished while the PR was being opened, a merge
+/// while the summary was being written) was acted on only at the next poll, minutes later
+/// at the default intervals. Asked only when that is the case, so that histories recorded
+/// before the patch replay as they ran.
+fn nudged_before_the_wait(ctx: &Ctx) -> bool {
+    ctx.state(|s| s.nudges != s.nudges_looked && s.mem.cancel.is_none())
+        && ctx.patched(NUDGED_BEFORE_THE_WAIT_PATCH)
+}
+
+/// The task is about to read GitHub: every nudge so far will be answered by that read.
+fn going_to_look(ctx: &Ctx) {
+    ctx.state_mut(|s| s.nudges_looked = s.nudges);
 }
 
 /// A GitHub activity, or the step outcome when it fails or the task is cancelled.
@@ -1032,12 +1065,16 @@ async fn wait_for_human(
         if let Some(reason) = ctx.state(|s| s.mem.cancel.clone()) {
             return Ok(Decision::Cancel(reason));
         }
-        let seen = ctx.state(|s| s.nudges);
         // None: input from the app (or a cancel) to decide on first.
-        let woken = select! {
-            _ = ctx.wait_condition(|s| !s.inbox.is_empty() || s.mem.cancel.is_some()).fuse() => None,
-            _ = ctx.wait_condition(move |s| s.nudges != seen).fuse() => Some(Pause::Nudged),
-            _ = ctx.timer(Duration::from_millis(interval)).fuse() => Some(Pause::Elapsed),
+        let woken = if nudged_before_the_wait(ctx) {
+            Some(Pause::Nudged)
+        } else {
+            let seen = ctx.state(|s| s.nudges);
+            select! {
+                _ = ctx.wait_condition(|s| !s.inbox.is_empty() || s.mem.cancel.is_some()).fuse() => None,
+                _ = ctx.wait_condition(move |s| s.nudges != seen).fuse() => Some(Pause::Nudged),
+                _ = ctx.timer(Duration::from_millis(interval)).fuse() => Some(Pause::Elapsed),
+            }
         };
         match woken {
             None => continue,
@@ -1047,6 +1084,8 @@ async fn wait_for_human(
                 interval = (interval.saturating_mul(3) / 2).min(config.human_poll_max_ms.max(1));
             }
         }
+        // Also when there is no issue to read: a nudge about nothing is then spent.
+        going_to_look(ctx);
         let (issue, since, asked_comment) = ctx.state(|s| {
             (
                 s.mem.issue.as_ref().map(|i| i.number),
