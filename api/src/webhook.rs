@@ -79,8 +79,10 @@ pub async fn receive(
     let payload: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(code::MALFORMED_JSON, format!("the body is not JSON: {e}"))
     })?;
-    let Some(target) = target(&payload) else {
-        // `ping`, or an event about no repository: nothing to do, and nothing to remember.
+    let target = target(&payload).filter(|_| worth_a_look(event, &payload));
+    let Some(target) = target else {
+        // `ping`, an event about no repository, or one no waiting task acts on: nothing to
+        // do, and nothing to remember.
         return Ok((
             StatusCode::ACCEPTED,
             Json(WebhookReceipt {
@@ -136,6 +138,35 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// Whether a delivery is about something a waiting task acts on: an answer, a review or
+/// feedback from a person, CI that finished, a PR closed, merged or reopened. GitHub sends an
+/// event for every step of everything (a check run created, queued, started; a PR opened,
+/// pushed to, labelled; each comment mainloop itself writes), and each nudge costs the task a
+/// signal in its history, a workflow task and a read of GitHub, for nothing.
+fn worth_a_look(event: &str, payload: &Value) -> bool {
+    let action = payload["action"].as_str().unwrap_or_default();
+    match event {
+        "issue_comment" | "pull_request_review_comment" => {
+            matches!(action, "created" | "edited") && !by_mainloop(&payload["comment"])
+        }
+        "pull_request_review" => action == "submitted" && !by_mainloop(&payload["review"]),
+        "pull_request" => matches!(action, "closed" | "reopened"),
+        "check_suite" | "check_run" | "workflow_run" => action == "completed",
+        "status" => payload["state"]
+            .as_str()
+            .is_some_and(|state| state != "pending"),
+        _ => false,
+    }
+}
+
+/// Whether a comment or review is one mainloop wrote itself (the same test the task uses
+/// when it reads replies).
+fn by_mainloop(written: &Value) -> bool {
+    written["body"]
+        .as_str()
+        .is_some_and(mainloop_activities::task_text::is_own_comment)
 }
 
 /// The repository and the issues, PRs and branches a payload names.
@@ -207,6 +238,53 @@ mod tests {
         ));
         assert!(!signature_valid("s3cret", body, "sha256=zz"));
         assert!(!signature_valid("s3cret", body, "sha256="));
+    }
+
+    #[test]
+    fn only_what_a_waiting_task_acts_on_wakes_it() {
+        let person = json!({"action": "created", "comment": {"body": "Yes, use Postgres."}});
+        let ours = json!({"action": "created",
+            "comment": {"body": "Plan v1\n<!-- mainloop:task:t1:plan-1 -->"}});
+        assert!(worth_a_look("issue_comment", &person));
+        assert!(worth_a_look("pull_request_review_comment", &person));
+        assert!(!worth_a_look("issue_comment", &ours));
+        assert!(!worth_a_look(
+            "issue_comment",
+            &json!({"action": "deleted", "comment": {"body": "x"}})
+        ));
+        assert!(worth_a_look(
+            "pull_request_review",
+            &json!({"action": "submitted", "review": {"body": null}})
+        ));
+        assert!(!worth_a_look(
+            "pull_request_review",
+            &json!({"action": "dismissed", "review": {"body": "x"}})
+        ));
+        for (action, wakes) in [
+            ("closed", true),
+            ("reopened", true),
+            ("opened", false),
+            ("synchronize", false),
+            ("ready_for_review", false),
+            ("labeled", false),
+        ] {
+            let pull = json!({"action": action});
+            assert_eq!(worth_a_look("pull_request", &pull), wakes, "{action}");
+        }
+        for event in ["check_suite", "check_run", "workflow_run"] {
+            assert!(
+                worth_a_look(event, &json!({"action": "completed"})),
+                "{event}"
+            );
+            for action in ["created", "requested", "in_progress", "rerequested"] {
+                let step = json!({"action": action});
+                assert!(!worth_a_look(event, &step), "{event} {action}");
+            }
+        }
+        assert!(worth_a_look("status", &json!({"state": "failure"})));
+        assert!(!worth_a_look("status", &json!({"state": "pending"})));
+        assert!(!worth_a_look("push", &json!({"ref": "refs/heads/x"})));
+        assert!(!worth_a_look("issues", &json!({"action": "opened"})));
     }
 
     #[test]

@@ -63,6 +63,34 @@ async fn a_signed_webhook_ends_a_long_poll_and_bad_or_replayed_ones_change_nothi
         "pull_request": {"number": pr, "merged": true, "head": {"ref": branch}},
     });
 
+    // Steps no waiting task acts on wake nobody: a check run being created, the PR's own
+    // opening, a comment mainloop wrote itself (on the PR, which the
+    // issue-comment event calls an issue).
+    let noise = [
+        (
+            "check_run",
+            json!({"action": "created", "repository": {"full_name": REPO},
+            "check_run": {"head_branch": branch, "pull_requests": [{"number": pr}]}}),
+        ),
+        (
+            "pull_request",
+            json!({"action": "opened", "repository": {"full_name": REPO},
+            "pull_request": {"number": pr, "head": {"ref": branch}}}),
+        ),
+        (
+            "issue_comment",
+            json!({"action": "created", "repository": {"full_name": REPO},
+            "issue": {"number": pr},
+            "comment": {"body": format!("Plan\n<!-- mainloop:task:{id}:plan-1 -->")}}),
+        ),
+    ];
+    for (n, (event, payload)) in noise.iter().enumerate() {
+        let (status, body) = deliver(&ts, SECRET, event, &format!("noise-{n}"), payload).await?;
+        assert_eq!(status, 202, "{event}: {body}");
+        assert_eq!(body, json!({"accepted": true, "tasks": 0}), "{event}");
+    }
+    assert_eq!(ts.stack.store.outbox_backlog().await?, 0);
+
     // Unsigned by us: refused, and nothing is queued.
     let (status, body) = deliver(&ts, "not-the-secret", "pull_request", "d-1", &merged).await?;
     assert_eq!(status, 401, "{body}");
