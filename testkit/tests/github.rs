@@ -1287,3 +1287,127 @@ async fn octocrab_models_accept_the_answers() -> anyhow::Result<()> {
     ensure!(next.items.len() == 4, "{}", next.items.len());
     Ok(())
 }
+
+/// A receiver for webhook deliveries: `(event, delivery id, signature, body)` of each.
+async fn webhook_receiver() -> anyhow::Result<(
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String, String, Vec<u8>)>,
+)> {
+    let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let sender = sender.clone();
+            async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let delivery = (
+                    header("x-github-event"),
+                    header("x-github-delivery"),
+                    header("x-hub-signature-256"),
+                    body.to_vec(),
+                );
+                // The test may have stopped listening; the delivery is then simply dropped.
+                drop(sender.send(delivery));
+                StatusCode::ACCEPTED
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, received))
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_and_follow_what_happens() -> anyhow::Result<()> {
+    const SECRET: &str = "hook-secret";
+    let env = Env::new().await?;
+    let (url, mut received) = webhook_receiver().await?;
+    env.fake.deliver_webhooks_to(&url, SECRET);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let mut ids = std::collections::HashSet::new();
+    let mut next = async || -> anyhow::Result<(String, Value)> {
+        let (event, id, signature, body) = tokio::time::timeout(WAIT, received.recv())
+            .await?
+            .context("the receiver closed")?;
+        let hex = signature.strip_prefix("sha256=").context("sha256=")?;
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect::<Result<_, _>>()?;
+        ring::hmac::verify(&key, &body, &bytes).map_err(|_| anyhow::anyhow!("bad signature"))?;
+        ensure!(ids.insert(id), "a delivery id came twice");
+        let payload: Value = serde_json::from_slice(&body)?;
+        ensure!(payload["repository"]["full_name"] == REPO, "{payload}");
+        Ok((event, payload))
+    };
+
+    let first = env
+        .push_commit("feature", "a.txt", "one\n", "First")
+        .await?;
+    env.open_pr("feature", "Adds a.txt", true).await?;
+    let (event, opened) = next().await?;
+    ensure!(
+        event == "pull_request" && opened["action"] == "opened",
+        "{event} {opened}"
+    );
+    ensure!(opened["pull_request"]["number"] == 1);
+    // CI passes at once here, so its verdict comes with the new head.
+    let (event, suite) = next().await?;
+    ensure!(
+        event == "check_suite" && suite["action"] == "completed",
+        "{event} {suite}"
+    );
+    let check = &suite["check_suite"];
+    ensure!(check["head_sha"] == first.as_str() && check["head_branch"] == "feature");
+    ensure!(check["conclusion"] == "success" && check["pull_requests"][0]["number"] == 1);
+
+    env.fake.comment_as("mainloop-bot", REPO, 1, "Looks good")?;
+    let (event, comment) = next().await?;
+    ensure!(
+        event == "issue_comment" && comment["action"] == "created",
+        "{event}"
+    );
+    ensure!(comment["issue"]["number"] == 1 && comment["comment"]["body"] == "Looks good");
+    ensure!(
+        comment["issue"]["pull_request"].is_object(),
+        "a PR's comment says so"
+    );
+
+    // A push to the PR's branch: a new head, a new verdict (this one fails).
+    env.fake.set_ci(REPO, CiScript::NeverPass)?;
+    let second = env
+        .push_commit("feature", "b.txt", "two\n", "Second")
+        .await?;
+    let (event, suite) = next().await?;
+    ensure!(event == "check_suite", "{event}");
+    ensure!(suite["check_suite"]["head_sha"] == second.as_str());
+    ensure!(suite["check_suite"]["conclusion"] == "failure");
+
+    env.fake.merge_pr(REPO, 1).await?;
+    let (event, merged) = next().await?;
+    ensure!(
+        event == "pull_request" && merged["action"] == "closed",
+        "{event}"
+    );
+    ensure!(merged["pull_request"]["merged"] == true, "{merged}");
+
+    // What the fake records of each delivery: the receiver's answer.
+    env.fake
+        .wait_until(WAIT, |v| v.webhook_deliveries().len() == 5)
+        .await?;
+    let statuses = env.fake.view(|v| {
+        v.webhook_deliveries()
+            .iter()
+            .map(|d| d.status)
+            .collect::<Vec<_>>()
+    });
+    ensure!(statuses == [202; 5], "{statuses:?}");
+    Ok(())
+}

@@ -172,11 +172,30 @@ fn read_run(
         };
         *reads += 1;
         let pending = *reads <= polls;
-        if !pending && run.completed_at.is_none() {
+        let completes = !pending && run.completed_at.is_none();
+        if completes {
             run.completed_at = Some(now());
         }
-        Ok((run.clone(), pending, full))
+        let run = run.clone();
+        // With no pending reads, the verdict was announced when the head moved.
+        if completes && polls > 0 {
+            st.hook_ci_completed(key, sha, run.fail);
+        }
+        Ok((run, pending, full))
     })
+}
+
+impl State {
+    /// CI starts on `sha`, the new head of an open pull request: with no pending reads
+    /// scripted, its verdict is known at once, and a webhook receiver hears of it now.
+    pub(crate) fn ci_started(&mut self, key: &str, sha: &str) {
+        if self.receiver.is_none() || self.repo(key).is_none_or(|r| r.ci.pending_polls > 0) {
+            return;
+        }
+        if let Some(failed) = ensure_run(self, key, sha).map(|run| run.fail) {
+            self.hook_ci_completed(key, sha, failed);
+        }
+    }
 }
 
 pub(crate) async fn check_runs(ctx: &Ctx, o: &str, r: &str, reference: &str) -> Reply {

@@ -3,6 +3,7 @@
 //! Methods that touch git are async; the rest are plain calls.
 
 use anyhow::{Context as _, bail, ensure};
+use serde_json::json;
 
 use super::model::{Comment, Issue, IssueState, Permission, Pull, Reaction, Review, ReviewState};
 use super::state::{
@@ -318,13 +319,20 @@ impl FakeGitHub {
             if let Some(pull) = issue.pull.as_mut() {
                 pull.reviews.push(ReviewRec {
                     id: review_id,
-                    author,
+                    author: author.clone(),
                     body: body.to_owned(),
                     state,
                     commit_id: Some(commit),
                     submitted_at: at,
                 });
             }
+            let submitted = json!({
+                "action": "submitted",
+                "pull_request": { "number": pr },
+                "review": { "id": review_id, "body": body, "user": { "login": author } },
+                "sender": { "login": author },
+            });
+            st.hook("pull_request_review", &key, submitted);
             Ok(review_id)
         })
     }
@@ -400,6 +408,12 @@ impl FakeGitHub {
                     pull.merge_commit_sha = Some(sha.clone());
                     pull.head_sha = head_sha;
                 }
+                let merged = json!({
+                    "action": "closed",
+                    "pull_request": { "number": number, "merged": true, "head": { "ref": head } },
+                    "sender": { "login": merger },
+                });
+                st.hook("pull_request", &key, merged);
             }
             for closed in closing_refs(&body) {
                 let is_issue = st.issue(&key, closed).is_some_and(|i| i.pull.is_none());
@@ -410,6 +424,23 @@ impl FakeGitHub {
         });
         git::refresh_tips(self.shared(), &key).await?;
         Ok(sha)
+    }
+
+    /// From now on, posts a webhook delivery to `url` for what happens here (see the `hooks`
+    /// module for which events), signed with `secret`, as a repository webhook would.
+    pub fn deliver_webhooks_to(&self, url: &str, secret: &str) {
+        let receiver = super::hooks::Receiver {
+            url: url.to_owned(),
+            secret: secret.to_owned(),
+        };
+        let first = self
+            .shared()
+            .mutate(|st| st.receiver.replace(receiver).is_none());
+        if first {
+            tokio::spawn(super::hooks::deliver(std::sync::Arc::clone(
+                &self.handle.shared,
+            )));
+        }
     }
 
     /// Closes pull request `number` without merging, as the bot.

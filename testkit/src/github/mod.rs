@@ -10,6 +10,7 @@
 //!   push permission (`git`);
 //! - issues, pull requests, comments, reactions, reviews (`issues`, `pulls`) and scripted CI
 //!   with check runs, statuses and job logs (`ci`);
+//! - webhook deliveries to a receiver a test names, signed like GitHub's (`hooks`);
 //! - a control API for tests: create repositories and users, act as other users (comment,
 //!   react, review), merge for real, script CI, inject faults, inspect, and wait for state
 //!   changes without polling (`control`, `view`).
@@ -19,6 +20,7 @@
 mod ci;
 mod control;
 mod git;
+mod hooks;
 mod issues;
 mod json;
 mod model;
@@ -41,6 +43,7 @@ use axum::Router;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use hooks::Delivery;
 pub use model::{
     CiScript, CiSetup, Comment, GraphqlCall, Issue, IssueState, Permission, Pull, Reaction, Review,
     ReviewComment, ReviewState,
@@ -136,6 +139,8 @@ impl FakeGitHubBuilder {
             scratch,
             state: std::sync::Mutex::new(State::new(&self.bot_login, &token)),
             changed: Notify::new(),
+            hooks_ready: Notify::new(),
+            stop: stop.child_token(),
             _dir: dir,
         });
         let app = Router::new()

@@ -125,6 +125,12 @@ pub(crate) async fn create(ctx: &Ctx, o: &str, r: &str) -> Reply {
             }),
         };
         repo.issues.insert(number, issue.clone());
+        let opened = json!({
+            "action": "opened",
+            "pull_request": { "number": number, "head": { "ref": head_ref } },
+        });
+        st.hook("pull_request", &key, opened);
+        st.ci_started(&key, head_sha);
         // GitHub computes mergeability in the background: a new pull request says "unknown".
         Ok(render(ctx, st, &key, &issue, Some(None)))
     })?;

@@ -13,8 +13,11 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, SubsecRound as _, Utc};
+use serde_json::{Value, json};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
+use super::hooks::{Delivery, Receiver};
 use super::model::{CiSetup, GraphqlCall, IssueState, Permission, ReviewState};
 
 /// What the server's tasks and the test handle share.
@@ -30,6 +33,10 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     /// Woken (all waiters) after every change to `state`.
     pub changed: Notify,
+    /// Woken (one permit kept) when a change queued webhook deliveries.
+    pub hooks_ready: Notify,
+    /// Cancelled when the server stops: ends the webhook sender.
+    pub stop: CancellationToken,
     /// Owns the directory tree above; removed when the last handle goes.
     pub _dir: tempfile::TempDir,
 }
@@ -43,8 +50,15 @@ impl Shared {
 
     /// Runs `change` under the lock, then wakes every waiter.
     pub fn mutate<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
-        let out = change(&mut self.lock());
+        let (out, hooks) = {
+            let mut state = self.lock();
+            let out = change(&mut state);
+            (out, !state.outgoing.is_empty())
+        };
         self.changed.notify_waiters();
+        if hooks {
+            self.hooks_ready.notify_one();
+        }
         out
     }
 
@@ -226,6 +240,12 @@ pub(crate) struct State {
     /// Pending injected failures: `(path prefix, status)`, each used once.
     pub faults: Vec<(String, u16)>,
     pub graphql: Vec<GraphqlCall>,
+    /// Where webhook deliveries go; none are made without one.
+    pub receiver: Option<Receiver>,
+    /// Webhook deliveries not yet posted: `(event, payload)`.
+    pub outgoing: Vec<(String, Value)>,
+    /// Webhook deliveries posted, in order.
+    pub deliveries: Vec<Delivery>,
     ghost: UserRec,
 }
 
@@ -244,6 +264,9 @@ impl State {
             requests: Vec::new(),
             faults: Vec::new(),
             graphql: Vec::new(),
+            receiver: None,
+            outgoing: Vec::new(),
+            deliveries: Vec::new(),
             // GitHub shows deleted accounts as `ghost`; records never point at unknown users,
             // but rendering must not fail if one did.
             ghost: UserRec {
@@ -386,6 +409,21 @@ impl State {
         if let Some(issue) = self.issue_mut(key, number) {
             issue.updated_at = at;
         }
+        let is_pull = self.issue(key, number).is_some_and(|i| i.pull.is_some());
+        let mut issue = json!({ "number": number });
+        if is_pull {
+            issue["pull_request"] = json!({});
+        }
+        self.hook(
+            "issue_comment",
+            key,
+            json!({
+                "action": "created",
+                "issue": issue,
+                "comment": { "id": id, "body": body, "user": { "login": author } },
+                "sender": { "login": author },
+            }),
+        );
         Some(id)
     }
 
@@ -432,6 +470,13 @@ impl State {
             issue.closed_at = Some(at);
             issue.closed_by = Some(by.to_lowercase());
             issue.updated_at = at;
+            if let Some(head) = issue.pull.as_ref().map(|p| p.head_ref.clone()) {
+                let payload = json!({
+                    "action": "closed",
+                    "pull_request": { "number": number, "merged": false, "head": { "ref": head } },
+                });
+                self.hook("pull_request", key, payload);
+            }
         }
     }
 }
@@ -443,15 +488,21 @@ impl State {
         let Some(repo) = self.repos.get_mut(key) else {
             return;
         };
+        let mut moved = Vec::new();
         for issue in repo.issues.values_mut() {
             if issue.state == IssueState::Open
                 && let Some(pull) = issue.pull.as_mut()
                 && let Some(sha) = tips.get(&pull.head_ref)
+                && pull.head_sha != *sha
             {
                 pull.head_sha.clone_from(sha);
+                moved.push(sha.clone());
             }
         }
         repo.branches = tips;
+        for sha in moved {
+            self.ci_started(key, &sha);
+        }
     }
 }
 

@@ -24,6 +24,11 @@ impl<'a> GitHubView<'a> {
         Self { st }
     }
 
+    /// The webhook deliveries posted so far, in order.
+    pub fn webhook_deliveries(&self) -> &'a [super::Delivery] {
+        &self.st.deliveries
+    }
+
     fn repo(&self, repo: &str) -> Option<&'a RepoRec> {
         self.st.repo(&key(repo))
     }
