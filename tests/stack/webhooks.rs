@@ -108,3 +108,59 @@ async fn a_signed_webhook_ends_a_long_poll_and_bad_or_replayed_ones_change_nothi
     ts.wait_status(&id, TaskStatus::Merged).await?;
     Ok(())
 }
+
+/// GitHub (the fake) delivers its webhooks to the API as a repository webhook would, and the
+/// polls are ten minutes apart: the task goes from confirmed to merged on webhooks alone. Of
+/// everything delivered (the PR opened, mainloop's own comments, CI, the merge), only CI's
+/// verdict and the merge nudge the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_runs_to_its_merge_on_github_webhooks_alone() -> Result<()> {
+    let ts = TaskStack::start_with(&[
+        ("GITHUB_WEBHOOK_SECRET", SECRET),
+        ("MAINLOOP_CI_POLL", "10m"),
+        ("MAINLOOP_CI_POLL_MAX", "10m"),
+        ("MAINLOOP_REVIEW_POLL", "10m"),
+        ("MAINLOOP_REVIEW_POLL_MAX", "10m"),
+    ])
+    .await?;
+    ts.github
+        .deliver_webhooks_to(&ts.stack.url("/api/github/webhook"), SECRET);
+    ts.github.set_ci(REPO, CiScript::AlwaysPass)?;
+    let id = ts.confirmed_task(json!({ "skip_planning": true })).await?;
+    let task = ts.wait_status(&id, TaskStatus::ReadyForReview).await?;
+    ts.github
+        .merge_pr(REPO, task.pr_number.context("PR")? as u64)
+        .await?;
+    ts.wait_status(&id, TaskStatus::Merged).await?;
+
+    let workflow = format!("task/{id}");
+    crate::histories::wait_closed(&ts.stack, &workflow).await?;
+    let mut nudges = 0;
+    for run in crate::histories::histories(&ts.stack, &workflow).await? {
+        let history: Value = serde_json::from_slice(&run)?;
+        nudges += history["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e["attributes"]["WorkflowExecutionSignaledEventAttributes"]["signal_name"]
+                    == "github"
+            })
+            .count();
+    }
+    let events: Vec<String> = ts.github.view(|v| {
+        v.webhook_deliveries()
+            .iter()
+            .map(|d| format!("{} {}", d.event, d.status))
+            .collect()
+    });
+    assert!(
+        events.iter().any(|e| e == "issue_comment 202") && events.len() > nudges,
+        "{events:?}"
+    );
+    assert_eq!(
+        nudges, 2,
+        "CI's verdict and the merge; deliveries: {events:?}"
+    );
+    Ok(())
+}

@@ -100,6 +100,11 @@ pub struct Failure {
 /// Everything the workflow knows, carried across continue-as-new.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Memory {
+    /// A webhook nudge had not been acted on when the run continued as new (as a task does
+    /// when it leaves the intake queue, often just as CI reports): the next run looks at
+    /// GitHub at its first wait.
+    #[serde(default)]
+    pub nudged: bool,
     pub phase: Phase,
     pub status: Option<TaskStatus>,
     pub detail: String,
@@ -223,7 +228,8 @@ pub struct WorkerTaskWorkflow {
     mem: Memory,
     inbox: VecDeque<Inbound>,
     /// GitHub webhook deliveries about this task so far (in this run): each wakes a wait
-    /// for GitHub at once. Not kept across continue-as-new: a nudge is only a hint.
+    /// for GitHub at once. Only whether one is still to be acted on crosses a
+    /// continue-as-new (`Memory::nudged`).
     nudges: u64,
     /// `nudges` when the task last went to look at GitHub: any beyond it came during that
     /// look or after it, and have not been acted on.
@@ -249,6 +255,7 @@ impl WorkerTaskWorkflow {
     pub fn new(_ctx: &WorkflowContextView, input: TaskInput) -> Self {
         let mem = input.resume.unwrap_or_default();
         let inbox = mem.pending.clone().into();
+        let nudges = u64::from(mem.nudged);
         WorkerTaskWorkflow {
             task_id: input.task_id,
             user: input.user,
@@ -259,10 +266,11 @@ impl WorkerTaskWorkflow {
             on_intake: input.on_intake,
             mem: Memory {
                 pending: Vec::new(),
+                nudged: false,
                 ..mem
             },
             inbox,
-            nudges: 0,
+            nudges,
             nudges_looked: 0,
         }
     }
@@ -1816,6 +1824,7 @@ fn continue_as_new(ctx: &Ctx, task_queue: Option<String>) -> WorkflowResult<()> 
         budget: s.budget_override,
         resume: Some(Memory {
             pending: s.inbox.iter().cloned().collect(),
+            nudged: s.nudges != s.nudges_looked,
             ..s.mem.clone()
         }),
     });
