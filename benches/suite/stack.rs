@@ -1,7 +1,7 @@
 //! The production shape for the task benchmarks: the real `mainloop serve` and
 //! `mainloop worker` binaries as separate processes, on PostgreSQL, against the suite's
 //! Temporal dev server, with testkit's fake GitHub (real git repositories behind it, CI that
-//! passes at once) and jobs run by the worker's real local runner on the instant agent.
+//! passes at once, webhooks delivered to the API) and jobs run by the worker's real local runner on the instant agent.
 //! Humans answer at once: the benchmark reacts to the event stream.
 
 use std::time::Duration;
@@ -19,6 +19,7 @@ use tokio::process::Command;
 
 pub const REPO: &str = "acme/web";
 pub const WAIT: Duration = Duration::from_secs(120);
+const WEBHOOK_SECRET: &str = "bench-webhook-secret";
 
 pub struct TaskStack {
     pub user: String,
@@ -75,11 +76,10 @@ impl TaskStack {
                 .env("MAINLOOP_AGENT_BIN", &agent)
                 .env("MAINLOOP_JOBS_DIR", &jobs)
                 .env("MAINLOOP_WORKER_MODEL", "claude-sonnet-4-5")
-                // Outside parties answer at once; these waits are the workflow's own timers.
-                .env("MAINLOOP_CI_POLL", "1ms")
-                .env("MAINLOOP_CI_POLL_MAX", "20ms")
-                .env("MAINLOOP_REVIEW_POLL", "5ms")
-                .env("MAINLOOP_REVIEW_POLL_MAX", "50ms")
+                // GitHub tells tasks what happened through its webhooks, as in production
+                // (docs/operations.md); the CI and review polls keep their defaults (15 s,
+                // 30 s), a fallback a run should never wait for.
+                .env("GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)
                 // Answers come through the app, not GitHub comments: no comment polling.
                 .env("MAINLOOP_HUMAN_POLL", "1h")
                 .env("MAINLOOP_HUMAN_POLL_MAX", "1h")
@@ -126,6 +126,7 @@ impl TaskStack {
             // The port opening is the event; it can only be observed by trying.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        github.deliver_webhooks_to(&format!("{base}/api/github/webhook"), WEBHOOK_SECRET);
         Ok(TaskStack {
             user,
             store,
