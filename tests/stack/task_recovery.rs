@@ -370,6 +370,80 @@ async fn a_task_replayed_at_every_step_without_a_workflow_cache_still_merges() -
     Ok(())
 }
 
+/// A running task reset by an operator within the minute of the run it resets (back to the
+/// workflow task that scheduled its job) runs the job anew under a name of its own, rather
+/// than taking over the job the old run left behind, whose result belongs to no run now.
+/// Job names carry a hash of the whole run id: the Temporal server 1.29 gives reset runs
+/// random ids, but first runs time-ordered ones whose first characters change only every
+/// minute (`task::tests::runs_started_in_the_same_minute_name_their_jobs_apart`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_task_reset_within_the_minute_runs_its_job_anew() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    let job = HeldJob::start(&ts).await?;
+    let workflow = format!("task/{}", job.task);
+    let runs = crate::histories::runs_of(&ts.stack, &workflow).await?;
+    let latest = runs
+        .last()
+        .and_then(|run| run["execution"]["runId"].as_str())
+        .context("run id")?
+        .to_string();
+    let implement_jobs = |root: &std::path::Path| -> Result<Vec<std::path::PathBuf>> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir(root)? {
+            for job in std::fs::read_dir(task?.path())? {
+                let path = job?.path();
+                if path.to_string_lossy().ends_with("-implement") {
+                    found.push(path);
+                }
+            }
+        }
+        Ok(found)
+    };
+    let before = implement_jobs(ts.jobs_dir())?;
+    assert_eq!(before.len(), 1, "{before:?}");
+    // Back to the workflow task that scheduled the job: the reset run schedules it again.
+    ts.stack
+        .temporal
+        .cli(&[
+            "workflow",
+            "reset",
+            "-w",
+            &workflow,
+            "-r",
+            &latest,
+            "--type",
+            "LastWorkflowTask",
+            "--reason",
+            "run the implementation again",
+        ])
+        .await?;
+    wait_until(|| job.executions().is_ok_and(|n| n == 2)).await?;
+    let after = implement_jobs(ts.jobs_dir())?;
+    assert_eq!(
+        after.len(),
+        2,
+        "the reset run's job has a directory of its own: {after:?}"
+    );
+
+    // The old run's job is nobody's now: stop it, as an operator would, so that only the new
+    // one pushes.
+    let old = std::fs::read(before[0].join("job.json"))?;
+    let old: serde_json::Value = serde_json::from_slice(&old)?;
+    let pid = old["pid"].as_u64().context("pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status()?;
+    assert!(killed.success());
+    job.release()?;
+    let task = ts
+        .wait_status(&job.task, TaskStatus::ReadyForReview)
+        .await?;
+    assert_eq!(ts.github.pulls(REPO).len(), 1);
+    assert_eq!(plain_issues(&ts), 1);
+    assert_no_duplicate_comments(&ts, &[task.pr_number.context("PR")? as u64]);
+    Ok(())
+}
+
 /// The leader pids of the jobs under `root` (`{task}/{job}/job.json`).
 fn job_pids(root: &std::path::Path) -> Result<Vec<u32>> {
     let mut pids = Vec::new();
