@@ -16,9 +16,9 @@ use mainloop_store::{
 };
 use mainloop_testkit::ports::free_port;
 use mainloop_testkit::postgres::PgServer;
-use mainloop_testkit::sse::SseClient;
 use tokio_util::sync::CancellationToken;
 
+use crate::sse_clients;
 use crate::support::{Bound, Probe, Row, Stats, WARMUP, setting};
 
 const USER: &str = "bench-api";
@@ -193,39 +193,39 @@ async fn sse_fanout(store: &Store, base: &str) -> Result<Vec<Row>> {
         probe: Some(Probe::Loopback),
         note: format!(
             "n={}, p99 {:.2} ms; one client alone p50 {:.2} ms; the commit is inside the \
-             figure; clients in the same process",
+             figure; the clients in a process of their own, reporting the last arrival over \
+             a pipe (inside the figure)",
             stats.n, stats.p99_ms, single.p50_ms
         ),
     }])
 }
 
 async fn fanout(store: &Store, base: &str, clients: usize, iterations: usize) -> Result<Stats> {
+    use tokio::io::AsyncBufReadExt as _;
     let after = store.last_event_id().await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
-    let mut readers = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let mut client =
-            SseClient::connect(&format!("{base}/api/events?after={after}"), &[], None).await?;
-        let tx = tx.clone();
-        readers.spawn(async move {
-            loop {
-                match client.next(Duration::from_secs(600)).await {
-                    Ok(Some(event)) if event.event == event_kind::THREAD_NOTICE => {
-                        let seq = event.json()?["text"]
-                            .as_str()
-                            .and_then(|t| t.parse().ok())
-                            .context("a notice of another run")?;
-                        if tx.send((seq, Instant::now())).is_err() {
-                            return anyhow::Ok(());
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => return anyhow::Ok(()),
-                }
-            }
-        });
-    }
-    drop(tx);
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .env(
+            sse_clients::URL_ENV,
+            format!("{base}/api/events?after={after}"),
+        )
+        .env(sse_clients::COUNT_ENV, clients.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the SSE clients' process")?;
+    let stdout = child.stdout.take().context("the clients' stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut next_line = async || -> Result<String> {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("the SSE clients did not answer")??
+            .context("the SSE clients' process ended")
+    };
+    anyhow::ensure!(
+        next_line().await? == "ready",
+        "the SSE clients did not connect"
+    );
     let mut samples = Vec::new();
     for seq in 0..WARMUP + iterations {
         let start = Instant::now();
@@ -238,21 +238,22 @@ async fn fanout(store: &Store, base: &str, clients: usize, iterations: usize) ->
                 )],
             )
             .await?;
-        let mut last = start;
-        for _ in 0..clients {
-            let (got, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .context("an SSE client did not get the event")?
-                .context("the SSE clients stopped")?;
-            anyhow::ensure!(got == seq, "event {got} arrived while waiting for {seq}");
-            last = last.max(at);
-        }
+        // The clients' process says when the last of them has it; the pipe's hop is inside
+        // the figure.
+        let got = next_line().await?;
+        let took = start.elapsed();
+        anyhow::ensure!(
+            got == seq.to_string(),
+            "event {got} arrived while waiting for {seq}"
+        );
         if seq >= WARMUP {
-            samples.push(last - start);
+            samples.push(took);
         }
         // Apart, as events come: each one is fanned out to idle clients.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    readers.abort_all();
+    // Closing its stdin ends the clients' process.
+    drop(child.stdin.take());
+    child.wait().await?;
     Ok(Stats::of(samples))
 }

@@ -12,6 +12,7 @@ mod api;
 mod dev;
 mod f1;
 mod instant_agent;
+mod sse_clients;
 mod stack;
 mod support;
 mod tasks;
@@ -26,6 +27,10 @@ fn main() -> Result<std::process::ExitCode> {
     // The worker's local job runner starts this binary as the benchmarks' instant agent.
     if instant_agent::is_job() {
         return Ok(instant_agent::main());
+    }
+    // F7 starts this binary again as its SSE clients.
+    if sse_clients::is_clients() {
+        return Ok(sse_clients::main());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
