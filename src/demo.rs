@@ -1,7 +1,8 @@
 //! `mainloop dev --demo`: the demo of `mainloop_testkit::demo` (a scripted model and a fake
 //! GitHub with one repository) started in this process, and the settings that point the worker,
-//! its jobs and the API at it. The fakes win over whatever else is configured, and what they
-//! replace is named in the log, so that no real credential is mixed into a demo.
+//! its jobs and the API at it (its GitHub's webhooks included). The fakes win over whatever
+//! else is configured, and what they replace is named in the log, so that no real credential
+//! is mixed into a demo.
 
 use std::path::{Path, PathBuf};
 
@@ -76,7 +77,17 @@ fn ignored_settings(args: &DevArgs) -> Vec<&'static str> {
     if args.store.data_dir.is_some() {
         ignored.push("MAINLOOP_DATA_DIR");
     }
+    if set(&args.api.github_webhook_secret) {
+        ignored.push("GITHUB_WEBHOOK_SECRET");
+    }
     ignored
+}
+
+/// Points the demo's GitHub at the API's webhook endpoint, once the API listens. It tells
+/// tasks what happened as a GitHub configured per docs/operations.md does: a CI verdict or the
+/// demo user's merge is seen at once, not at the next poll (15 s and 30 s at the defaults).
+pub fn deliver_webhooks(demo: &Demo, api: std::net::SocketAddr) {
+    demo.deliver_webhooks_to(&format!("http://{api}/api/github/webhook"));
 }
 
 /// Environment for the demo's jobs, set over the configured one. Claude Code refuses to skip

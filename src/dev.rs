@@ -22,7 +22,7 @@ use crate::run::{
 
 pub async fn run(mut args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     // Refuse bad settings before starting anything.
-    let api = api_settings(&args.api, &args.queue)?;
+    let mut api = api_settings(&args.api, &args.queue)?;
     let binary = match &args.temporal_bin {
         Some(path) => path.clone(),
         None => find_temporal()?,
@@ -32,6 +32,10 @@ pub async fn run(mut args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     } else {
         None
     };
+    // The demo's GitHub signs its webhooks with a secret of its own (`demo::deliver_webhooks`).
+    if let Some(demo) = &demo {
+        api.webhook_secret = Some(Arc::from(demo.webhook_secret()));
+    }
     let result = run_temporal(&args, api, binary, demo.as_ref(), shutdown).await;
     // The fakes go last: the worker and the API have stopped calling them.
     if let Some(demo) = &demo {
@@ -107,6 +111,9 @@ async fn run_services(
         &api_shutdown,
     )
     .await?;
+    if let Some(demo) = demo {
+        crate::demo::deliver_webhooks(demo, started.address);
+    }
     let mut banner = demo.map(crate::demo::banner).unwrap_or_default();
     banner.push(format!("mainloop  http://{}", started.address));
     banner.extend(temporal.ui_url().map(|ui| format!("temporal-ui  {ui}")));

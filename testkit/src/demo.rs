@@ -73,6 +73,7 @@ pub struct Demo {
     stop: CancellationToken,
     merger: Mutex<Option<JoinHandle<()>>>,
     state_dir: tempfile::TempDir,
+    webhook_secret: String,
 }
 
 impl Demo {
@@ -117,7 +118,19 @@ impl Demo {
             stop,
             merger: Mutex::new(Some(merger)),
             state_dir,
+            webhook_secret: uuid::Uuid::new_v4().simple().to_string(),
         })
+    }
+
+    /// The secret the demo's GitHub signs its webhook deliveries with, made for this run.
+    pub fn webhook_secret(&self) -> &str {
+        &self.webhook_secret
+    }
+
+    /// From now on, the demo's GitHub delivers its webhooks to `url`, signed with
+    /// [`Demo::webhook_secret`].
+    pub fn deliver_webhooks_to(&self, url: &str) {
+        self.github.deliver_webhooks_to(url, &self.webhook_secret);
     }
 
     pub fn anthropic(&self) -> &FakeAnthropic {

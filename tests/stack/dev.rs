@@ -361,10 +361,11 @@ async fn mainloop_dev_demo_takes_a_change_from_chat_to_a_merged_pr_with_no_accou
         // whatever the operator set (here a value Claude Code does not take).
         .env("IS_SANDBOX", "yes")
         .env("MAINLOOP_DEMO_MERGE_AFTER", "1s")
-        .env("MAINLOOP_CI_POLL", "100ms")
-        .env("MAINLOOP_CI_POLL_MAX", "300ms")
-        .env("MAINLOOP_REVIEW_POLL", "100ms")
-        .env("MAINLOOP_REVIEW_POLL_MAX", "300ms")
+        // Polls too slow to matter: the demo's GitHub tells the tasks through webhooks.
+        .env("MAINLOOP_CI_POLL", "10m")
+        .env("MAINLOOP_CI_POLL_MAX", "10m")
+        .env("MAINLOOP_REVIEW_POLL", "10m")
+        .env("MAINLOOP_REVIEW_POLL_MAX", "10m")
         .env("MAINLOOP_RETRY_INITIAL", "100ms")
         .env("MAINLOOP_RETRY_MAX", "1s")
         .env("MAINLOOP_SHUTDOWN_GRACE", "2s");
