@@ -370,14 +370,22 @@ async fn post_task_input(ts: &TaskStack, id: &str, what: &str, body: Value) -> R
 /// every phase of a task that ends well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_from_questions_to_merge() -> Result<()> {
-    let ts = TaskStack::start().await?;
+    // Every answer comes from the app while the wait's poll timer still runs: the wait
+    // cancels it (the `human-wait-timer-cancelled` patch).
+    let ts = TaskStack::start_with(&[
+        ("MAINLOOP_HUMAN_POLL", "10m"),
+        ("MAINLOOP_HUMAN_POLL_MAX", "10m"),
+    ])
+    .await?;
     ts.stack.anthropic.set_default(asks_first);
     ts.github.set_ci(REPO, CiScript::FailTimes(1))?;
     ts.github.add_user("maria");
     ts.github
         .add_collaborator(REPO, "maria", Permission::Write)?;
     let id = ts.confirmed_task(json!({})).await?;
+    let workflow = format!("task/{id}");
     ts.wait_status(&id, TaskStatus::WaitingQuestions).await?;
+    wait_for_timer(&ts.stack, &workflow).await?;
     post_task_input(
         &ts,
         &id,
@@ -386,6 +394,7 @@ async fn task_from_questions_to_merge() -> Result<()> {
     )
     .await?;
     ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+    wait_for_timer(&ts.stack, &workflow).await?;
     post_task_input(
         &ts,
         &id,
@@ -418,8 +427,22 @@ async fn task_from_questions_to_merge() -> Result<()> {
     .await?;
     ts.github.merge_pr(REPO, pr).await?;
     ts.wait_status(&id, TaskStatus::Merged).await?;
-    let workflow = format!("task/{id}");
     wait_closed(&ts.stack, &workflow).await?;
+    // The answers and the revision came while their waits' poll timers ran: each wait
+    // cancelled its timer rather than leave it to fire later.
+    let last: Value = serde_json::from_slice(
+        histories(&ts.stack, &workflow)
+            .await?
+            .last()
+            .context("no run")?,
+    )?;
+    let cancelled = last["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["attributes"]["TimerCanceledEventAttributes"].is_object())
+        .count();
+    assert!(cancelled >= 2, "{cancelled} timers cancelled");
     // It started on the intake queue and left it, with one continue-as-new, when it first
     // waited for a person.
     let queues: Vec<String> = runs_of(&ts.stack, &workflow)
@@ -429,13 +452,14 @@ async fn task_from_questions_to_merge() -> Result<()> {
         .collect();
     assert_eq!(queues, ["mainloop-intake", "mainloop"]);
     // The corpus keeps the histories this scenario recorded before: `from_questions_to_merge`
-    // from before the intake queue (a task that never moves), and `…_via_intake` from before
-    // `implementing` was recorded at the approval.
+    // from before the intake queue (a task that never moves), `…_via_intake` from before
+    // `implementing` was recorded at the approval, and `…_implementing_at_approval` from
+    // before a wait for a person cancelled its poll timer.
     keep_workflow(
         &ts.stack,
         &workflow,
         "task",
-        "from_questions_to_merge_implementing_at_approval",
+        "from_questions_to_merge_human_timers_cancelled",
     )
     .await?;
     settle(&ts.stack, 1).await?;

@@ -683,6 +683,10 @@ const IMPLEMENTING_AT_APPROVAL_PATCH: &str = "implementing-recorded-at-approval"
 /// waited for the next poll.
 const NUDGED_BEFORE_THE_WAIT_PATCH: &str = "nudged-before-the-wait";
 
+/// Marks histories in which a wait for a person that ends before its poll timer (an answer
+/// from the app, a nudge) cancels that timer; older ones left it to fire later.
+const HUMAN_WAIT_TIMER_CANCELLED_PATCH: &str = "human-wait-timer-cancelled";
+
 /// What the task says while its implement job runs.
 const IMPLEMENTING: &str = "implementing the plan";
 
@@ -1078,11 +1082,20 @@ async fn wait_for_human(
             Some(Pause::Nudged)
         } else {
             let seen = ctx.state(|s| s.nudges);
-            select! {
+            let mut timer = pin!(ctx.timer(Duration::from_millis(interval)));
+            let woken = select! {
                 _ = ctx.wait_condition(|s| !s.inbox.is_empty() || s.mem.cancel.is_some()).fuse() => None,
                 _ = ctx.wait_condition(move |s| s.nudges != seen).fuse() => Some(Pause::Nudged),
-                _ = ctx.timer(Duration::from_millis(interval)).fuse() => Some(Pause::Elapsed),
+                _ = timer.as_mut() => Some(Pause::Elapsed),
+            };
+            // A timer that is merely dropped still fires later: a workflow task, four history
+            // events and a wake-up for nothing, once per answer from the app. Asked only when
+            // the timer is still running, so that histories recorded before replay as they ran.
+            if woken != Some(Pause::Elapsed) && ctx.patched(HUMAN_WAIT_TIMER_CANCELLED_PATCH) {
+                timer.cancel();
+                let _cancelled = timer.await;
             }
+            woken
         };
         match woken {
             None => continue,
