@@ -475,8 +475,16 @@ async fn a_stack_dropped_while_a_job_is_held_leaves_no_job_running() -> Result<(
     let ts = TaskStack::start().await?;
     let _job = HeldJob::start(&ts).await?;
     let pids = job_pids(ts.jobs_dir())?;
-    let held: Vec<u32> = pids.into_iter().filter(|pid| !ended(*pid)).collect();
+    let mut held: Vec<u32> = pids.into_iter().filter(|pid| !ended(*pid)).collect();
     anyhow::ensure!(!held.is_empty(), "no job runs while held");
+    // Every process of the jobs: the agent, Claude Code, and the held command its Bash tool
+    // runs in a session of its own.
+    let tree: Vec<u32> = held
+        .iter()
+        .flat_map(|pid| crate::tasks::descendants(*pid))
+        .collect();
+    anyhow::ensure!(tree.len() >= 2, "the held job's processes: {tree:?}");
+    held.extend(tree);
     drop(ts);
     wait_until(|| held.iter().all(|pid| ended(*pid))).await?;
     Ok(())

@@ -187,15 +187,53 @@ fn stop_jobs_under(root: &Path) {
             })
             == Some(start_time);
         if running {
-            match std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
+            // The whole tree, found before anything dies: Claude Code runs its Bash tool's
+            // commands in sessions of their own, outside the job's process group, and once
+            // their parent is gone they hang from init, out of reach.
+            let mut targets = vec![format!("-{pid}")];
+            targets.extend(
+                descendants(u32::try_from(pid).unwrap_or(0))
+                    .iter()
+                    .map(u32::to_string),
+            );
+            // Some of the tree may end on its own meanwhile: `kill` then fails for those pids.
+            if let Err(error) = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg("--")
+                .args(&targets)
                 .status()
             {
-                Ok(status) if status.success() => {}
-                outcome => eprintln!("could not stop job {}: {outcome:?}", job.display()),
+                eprintln!("could not stop job {}: {error}", job.display());
             }
         }
     }
+}
+
+/// Every process below `root`, from the parent links in `/proc`.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let links: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            let parent: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, parent))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, _) in links.iter().filter(|(_, p)| *p == parent) {
+            if !found.contains(pid) {
+                found.push(*pid);
+                frontier.push(*pid);
+            }
+        }
+    }
+    found
 }
 
 impl TaskStack {
