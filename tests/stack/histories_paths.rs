@@ -194,21 +194,22 @@ async fn task_events_queued_behind_a_turn_are_noted_together() -> Result<()> {
     keep(&stack, "task_events_noted_together").await
 }
 
-/// Whether the latest run of `workflow_id` has taken a `github` signal (a webhook's nudge).
-async fn nudged(stack: &Stack, workflow_id: &str) -> Result<bool> {
-    let runs = histories(stack, workflow_id).await?;
-    let Some(latest) = runs.last() else {
-        return Ok(false);
-    };
-    let history: serde_json::Value = serde_json::from_slice(latest)?;
-    Ok(history["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|event| {
-            event["attributes"]["WorkflowExecutionSignaledEventAttributes"]["signal_name"]
-                == "github"
-        }))
+/// How many `github` signals (webhook nudges) the runs of `workflow_id` have taken.
+pub(crate) async fn github_signals(stack: &Stack, workflow_id: &str) -> Result<usize> {
+    let mut count = 0;
+    for run in histories(stack, workflow_id).await? {
+        let history: serde_json::Value = serde_json::from_slice(&run)?;
+        count += history["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|event| {
+                event["attributes"]["WorkflowExecutionSignaledEventAttributes"]["signal_name"]
+                    == "github"
+            })
+            .count();
+    }
+    Ok(count)
 }
 
 /// A webhook delivered while the implement job runs, so the task's wait for CI starts with a
@@ -245,7 +246,7 @@ async fn task_nudged_before_its_wait() -> Result<()> {
     .await?;
     assert_eq!((status, body), (202, json!({"accepted": true, "tasks": 1})));
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !nudged(&ts.stack, &workflow).await? {
+    while github_signals(&ts.stack, &workflow).await? == 0 {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "the nudge never reached {workflow}"

@@ -387,19 +387,13 @@ async fn a_running_task_reset_within_the_minute_runs_its_job_anew() -> Result<()
         .and_then(|run| run["execution"]["runId"].as_str())
         .context("run id")?
         .to_string();
-    let implement_jobs = |root: &std::path::Path| -> Result<Vec<std::path::PathBuf>> {
-        let mut found = Vec::new();
-        for task in std::fs::read_dir(root)? {
-            for job in std::fs::read_dir(task?.path())? {
-                let path = job?.path();
-                if path.to_string_lossy().ends_with("-implement") {
-                    found.push(path);
-                }
-            }
-        }
-        Ok(found)
+    let implement_jobs = |root: &std::path::Path| -> Vec<(std::path::PathBuf, serde_json::Value)> {
+        crate::tasks::job_records(root)
+            .into_iter()
+            .filter(|(dir, _)| dir.to_string_lossy().ends_with("-implement"))
+            .collect()
     };
-    let before = implement_jobs(ts.jobs_dir())?;
+    let before = implement_jobs(ts.jobs_dir());
     assert_eq!(before.len(), 1, "{before:?}");
     // Back to the workflow task that scheduled the job: the reset run schedules it again.
     ts.stack
@@ -418,7 +412,7 @@ async fn a_running_task_reset_within_the_minute_runs_its_job_anew() -> Result<()
         ])
         .await?;
     wait_until(|| job.executions().is_ok_and(|n| n == 2)).await?;
-    let after = implement_jobs(ts.jobs_dir())?;
+    let after = implement_jobs(ts.jobs_dir());
     assert_eq!(
         after.len(),
         2,
@@ -427,9 +421,7 @@ async fn a_running_task_reset_within_the_minute_runs_its_job_anew() -> Result<()
 
     // The old run's job is nobody's now: stop it, as an operator would, so that only the new
     // one pushes.
-    let old = std::fs::read(before[0].join("job.json"))?;
-    let old: serde_json::Value = serde_json::from_slice(&old)?;
-    let pid = old["pid"].as_u64().context("pid")?;
+    let pid = before[0].1["pid"].as_u64().context("pid")?;
     let killed = std::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{pid}")])
         .status()?;
@@ -444,37 +436,19 @@ async fn a_running_task_reset_within_the_minute_runs_its_job_anew() -> Result<()
     Ok(())
 }
 
-/// The leader pids of the jobs under `root` (`{task}/{job}/job.json`).
-fn job_pids(root: &std::path::Path) -> Result<Vec<u32>> {
-    let mut pids = Vec::new();
-    for task in std::fs::read_dir(root)? {
-        for job in std::fs::read_dir(task?.path())? {
-            let record = job?.path().join("job.json");
-            if let Ok(bytes) = std::fs::read(&record) {
-                let record: serde_json::Value = serde_json::from_slice(&bytes)?;
-                pids.push(u32::try_from(record["pid"].as_u64().context("pid")?)?);
-            }
-        }
-    }
-    Ok(pids)
-}
-
 /// A process that is gone or has ended (a zombie waiting for its parent).
 fn ended(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(str::to_string)
-        })
-        .is_none_or(|state| state == "Z" || state == "X")
+    crate::tasks::proc_stat_field(pid, 3).is_none_or(|state| state == "Z" || state == "X")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stack_dropped_while_a_job_is_held_leaves_no_job_running() -> Result<()> {
     let ts = TaskStack::start().await?;
     let _job = HeldJob::start(&ts).await?;
-    let pids = job_pids(ts.jobs_dir())?;
+    let pids: Vec<u32> = crate::tasks::job_records(ts.jobs_dir())
+        .iter()
+        .filter_map(|(_, record)| u32::try_from(record["pid"].as_u64()?).ok())
+        .collect();
     let mut held: Vec<u32> = pids.into_iter().filter(|pid| !ended(*pid)).collect();
     anyhow::ensure!(!held.is_empty(), "no job runs while held");
     // Every process of the jobs: the agent, Claude Code, and the held command its Bash tool

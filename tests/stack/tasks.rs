@@ -156,9 +156,19 @@ impl Drop for TaskStack {
     }
 }
 
-/// Kills the process group of every job under `root` whose leader still runs, read from the
-/// runner's `{task}/{job}/job.json` (pid and start time, so a reused pid is left alone).
-fn stop_jobs_under(root: &Path) {
+/// Field `n` of `/proc/{pid}/stat`, counted from 1 as in proc(5); the fields after the
+/// command name are found after its closing parenthesis (the name may hold spaces).
+pub fn proc_stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace()
+        .nth(n.checked_sub(3)?)
+        .map(str::to_string)
+}
+
+/// The `(job directory, job.json)` of every job the local runner started under `root`
+/// (`{task}/{job}/job.json`).
+pub fn job_records(root: &Path) -> Vec<(PathBuf, Value)> {
     let dirs = |path: &Path| {
         std::fs::read_dir(path)
             .into_iter()
@@ -167,35 +177,33 @@ fn stop_jobs_under(root: &Path) {
             .map(|entry| entry.path())
             .collect::<Vec<_>>()
     };
-    for job in dirs(root).iter().flat_map(|task| dirs(task)) {
-        let Ok(record) = std::fs::read(job.join("job.json")) else {
+    dirs(root)
+        .iter()
+        .flat_map(|task| dirs(task))
+        .filter_map(|job| {
+            let record = serde_json::from_slice(&std::fs::read(job.join("job.json")).ok()?).ok()?;
+            Some((job, record))
+        })
+        .collect()
+}
+
+/// Kills the process group of every job under `root` whose leader still runs, read from the
+/// runner's `job.json` (pid and start time, so a reused pid is left alone).
+fn stop_jobs_under(root: &Path) {
+    for (job, record) in job_records(root) {
+        let (Some(pid), Some(start_time)) = (
+            record["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
+            record["start_time"].as_u64(),
+        ) else {
             continue;
         };
-        let Ok(record) = serde_json::from_slice::<Value>(&record) else {
-            continue;
-        };
-        let (Some(pid), Some(start_time)) = (record["pid"].as_u64(), record["start_time"].as_u64())
-        else {
-            continue;
-        };
-        // Field 22 of /proc/{pid}/stat, counted after the command name's closing parenthesis.
-        let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                let (_, rest) = stat.rsplit_once(')')?;
-                rest.split_whitespace().nth(19)?.parse::<u64>().ok()
-            })
-            == Some(start_time);
+        let running = proc_stat_field(pid, 22) == Some(start_time.to_string());
         if running {
             // The whole tree, found before anything dies: Claude Code runs its Bash tool's
             // commands in sessions of their own, outside the job's process group, and once
             // their parent is gone they hang from init, out of reach.
             let mut targets = vec![format!("-{pid}")];
-            targets.extend(
-                descendants(u32::try_from(pid).unwrap_or(0))
-                    .iter()
-                    .map(u32::to_string),
-            );
+            targets.extend(descendants(pid).iter().map(u32::to_string));
             // Some of the tree may end on its own meanwhile: `kill` then fails for those pids.
             if let Err(error) = std::process::Command::new("kill")
                 .arg("-KILL")
@@ -217,9 +225,7 @@ pub fn descendants(root: u32) -> Vec<u32> {
         .flatten()
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let (_, rest) = stat.rsplit_once(')')?;
-            let parent: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            let parent: u32 = proc_stat_field(pid, 4)?.parse().ok()?;
             Some((pid, parent))
         })
         .collect();

@@ -135,19 +135,7 @@ async fn a_task_runs_to_its_merge_on_github_webhooks_alone() -> Result<()> {
 
     let workflow = format!("task/{id}");
     crate::histories::wait_closed(&ts.stack, &workflow).await?;
-    let mut nudges = 0;
-    for run in crate::histories::histories(&ts.stack, &workflow).await? {
-        let history: Value = serde_json::from_slice(&run)?;
-        nudges += history["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| {
-                e["attributes"]["WorkflowExecutionSignaledEventAttributes"]["signal_name"]
-                    == "github"
-            })
-            .count();
-    }
+    let nudges = crate::histories_paths::github_signals(&ts.stack, &workflow).await?;
     let events: Vec<String> = ts.github.view(|v| {
         v.webhook_deliveries()
             .iter()
