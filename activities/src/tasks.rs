@@ -80,7 +80,22 @@ pub struct TaskConfig {
     /// started on), and whose job queue its jobs go to; none: the task's own queue.
     #[serde(default)]
     pub task_queue: Option<String>,
+    /// The task workflow's behaviour level a run takes (see [`TASK_BEHAVIOUR`]). Recorded
+    /// with the rest of this config at the start of every run, so a run replays at the level
+    /// it started with. 0 (the default, and what histories recorded before levels existed
+    /// read): the run asks `patched()` for each change, as such runs always did.
+    #[serde(default)]
+    pub behaviour: u32,
 }
+
+/// The task workflow behaviour level this worker starts new runs at: every change up to it is
+/// taken without asking `patched()`. A patch marker and the `TemporalChangeVersion` upsert
+/// that comes with it are two history events per patch per run, for workflows that never ran
+/// the old code; once a change is part of a level, only runs that started before the level
+/// existed still ask. Level 1: the five task patches up to `human-wait-timer-cancelled`, and
+/// GitHub calls that go together made in one activity (`github.start`,
+/// `github.update_issue_and_comment`, `github.mark_ready_and_comment`).
+pub const TASK_BEHAVIOUR: u32 = 1;
 
 impl Default for TaskConfig {
     fn default() -> Self {
@@ -108,6 +123,7 @@ impl Default for TaskConfig {
                 max_ci_attempts: Some(5),
             },
             task_queue: None,
+            behaviour: 0,
         }
     }
 }
@@ -258,6 +274,28 @@ pub struct CommentInput {
     pub body: CommentBody,
 }
 
+/// `github.update_issue_and_comment`'s input: the issue body to write, then the comment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IssueAndCommentInput {
+    pub issue: IssueBodyInput,
+    pub comment: CommentInput,
+}
+
+/// `github.start`'s input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartInput {
+    pub task: TaskRef,
+    /// Find or open the task's issue too (not for a task that skips planning).
+    pub open_issue: bool,
+}
+
+/// What `github.start` found or made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Started {
+    pub repo: RepoInfo,
+    pub issue: Option<IssueInfo>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CommentInfo {
     pub id: u64,
@@ -362,6 +400,13 @@ pub struct ReadyInput {
     pub task: TaskRef,
     pub pr: u64,
     pub node_id: String,
+}
+
+/// `github.mark_ready_and_comment`'s input: the PR to mark ready, then the comment on it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReadyAndCommentInput {
+    pub ready: ReadyInput,
+    pub comment: CommentInput,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -480,7 +525,10 @@ impl TaskActivities {
         _ctx: ActivityContext,
         _input: (),
     ) -> Result<TaskConfig, ActivityError> {
-        Ok(self.settings.config.clone())
+        Ok(TaskConfig {
+            behaviour: TASK_BEHAVIOUR,
+            ..self.settings.config.clone()
+        })
     }
 
     /// Updates the task's projection and inbox (a local activity).
@@ -510,30 +558,30 @@ impl TaskActivities {
         input: TaskRef,
     ) -> Result<RepoInfo, ActivityError> {
         let task = self.task(&input.user, &input.task_id).await?;
-        let access = self
-            .github
-            .repo_access(&task.repo)
-            .await
-            .map_err(|e| match e {
-                GitHubError::NotFound => permanent(
-                    failure_type::REPO_UNUSABLE,
-                    format!(
-                        "the repository {} does not exist or is not visible",
-                        task.repo
-                    ),
-                ),
-                other => github_error(other),
-            })?;
-        if !access.can_push {
-            return Err(permanent(
-                failure_type::REPO_UNUSABLE,
-                format!("the GitHub token cannot push to {}", task.repo),
-            ));
-        }
-        Ok(RepoInfo {
-            default_branch: access.default_branch,
-            clone_url: access.clone_url,
-        })
+        self.prepare_repo(&task).await
+    }
+
+    /// `github.prepare`, then (unless the task skips planning) `github.ensure_issue`: one
+    /// activity, two fewer workflow tasks. Both halves are idempotent, so a retry redoes
+    /// whatever the failed attempt did not finish.
+    #[activity(name = "github.start")]
+    pub async fn start(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: StartInput,
+    ) -> Result<Started, ActivityError> {
+        let task = self.task(&input.task.user, &input.task.task_id).await?;
+        let repo = self.prepare_repo(&task).await?;
+        let issue = if input.open_issue {
+            let issue = self
+                .open_issue(&task)
+                .await
+                .map_err(|e| github_error_in("opening the issue", e))?;
+            Some(issue)
+        } else {
+            None
+        };
+        Ok(Started { repo, issue })
     }
 
     /// Finds the task's issue by its marker, or opens it.
@@ -544,23 +592,7 @@ impl TaskActivities {
         input: TaskRef,
     ) -> Result<IssueInfo, ActivityError> {
         let task = self.task(&input.user, &input.task_id).await?;
-        let body = task_text::issue_body(&task.id, &task.description, &[], None, "Planning");
-        let issue = self
-            .github
-            .find_or_create_issue(
-                &task.repo,
-                &task_text::issue_marker(&task.id),
-                &task_text::issue_title(&task.title),
-                &body,
-                &["mainloop".to_string(), "planning".to_string()],
-                Some(task.created_at),
-            )
-            .await
-            .map_err(github_error)?;
-        Ok(IssueInfo {
-            number: issue.number,
-            url: issue.url,
-        })
+        self.open_issue(&task).await.map_err(github_error)
     }
 
     /// Rewrites the issue body (request, requirements, plan, status), labels and state.
@@ -571,32 +603,7 @@ impl TaskActivities {
         input: IssueBodyInput,
     ) -> Result<(), ActivityError> {
         let task = self.task(&input.task.user, &input.task.task_id).await?;
-        let answers: Vec<(String, String)> = input
-            .answers
-            .iter()
-            .map(|a| (a.question.clone(), a.answer.clone()))
-            .collect();
-        let plan = if input.with_plan {
-            task.plan.as_deref()
-        } else {
-            None
-        };
-        let body =
-            task_text::issue_body(&task.id, &task.description, &answers, plan, &input.status);
-        self.github
-            .update_issue(
-                &task.repo,
-                input.issue,
-                IssueUpdate {
-                    body: Some(body),
-                    labels: input.labels.clone(),
-                    state: input.close.then(|| "closed".to_string()),
-                    ..IssueUpdate::default()
-                },
-            )
-            .await
-            .map_err(github_error)?;
-        Ok(())
+        self.write_issue(&task, &input).await.map_err(github_error)
     }
 
     /// Writes a comment once per key (a retry updates it).
@@ -607,42 +614,63 @@ impl TaskActivities {
         input: CommentInput,
     ) -> Result<CommentInfo, ActivityError> {
         let task = self.task(&input.task.user, &input.task.task_id).await?;
-        let app_url = self.settings.app_url.as_deref();
-        let text = match &input.body {
-            CommentBody::Text { text } => text.clone(),
-            CommentBody::Questions { questions } => {
-                task_text::questions_comment(questions, app_url)
-            }
-            CommentBody::Plan { version } => task_text::plan_comment(
-                task.plan.as_deref().unwrap_or("(the plan is empty)"),
-                *version,
-                app_url,
-            ),
-            CommentBody::Summary { ledger, summary } => task_text::summary_comment(
-                &task.title,
-                summary,
-                ledger,
-                task.cost.cost_usd,
-                task.cost.input_tokens + task.cost.output_tokens + task.cost.cache_tokens,
-            ),
-        };
-        let marker = task_text::comment_marker(&task.id, &input.key);
-        let comment = self
-            .github
-            .upsert_comment(
-                &task.repo,
-                input.number,
-                &marker,
-                &format!("{text}\n{marker}"),
-            )
+        self.write_comment(&task, &input)
             .await
-            .map_err(github_error)?;
-        Ok(CommentInfo {
-            id: comment.id,
-            created_at: comment.created_at.to_rfc3339(),
-        })
+            .map_err(github_error)
     }
 
+    /// `github.update_issue`, then `github.comment` on it: one activity, two fewer workflow
+    /// tasks. A retry rewrites the same body and finds the comment by its key.
+    #[activity(name = "github.update_issue_and_comment")]
+    pub async fn update_issue_and_comment(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: IssueAndCommentInput,
+    ) -> Result<CommentInfo, ActivityError> {
+        let task = self
+            .task(&input.issue.task.user, &input.issue.task.task_id)
+            .await?;
+        self.write_issue(&task, &input.issue)
+            .await
+            .map_err(|e| github_error_in("updating the issue", e))?;
+        self.write_comment(&task, &input.comment)
+            .await
+            .map_err(|e| github_error_in("commenting", e))
+    }
+
+    /// Marks the draft PR ready for review (GraphQL `markPullRequestReadyForReview`).
+    #[activity(name = "github.mark_ready")]
+    pub async fn mark_ready(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: ReadyInput,
+    ) -> Result<(), ActivityError> {
+        self.github
+            .mark_ready_for_review(&input.node_id)
+            .await
+            .map_err(github_error)
+    }
+
+    /// `github.mark_ready`, then the summary `github.comment` on the PR: one activity, two
+    /// fewer workflow tasks. Marking a PR that is ready already succeeds, and the comment is
+    /// found again by its key, so a retry is safe.
+    #[activity(name = "github.mark_ready_and_comment")]
+    pub async fn mark_ready_and_comment(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: ReadyAndCommentInput,
+    ) -> Result<CommentInfo, ActivityError> {
+        self.github
+            .mark_ready_for_review(&input.ready.node_id)
+            .await
+            .map_err(|e| github_error_in("marking the PR ready", e))?;
+        let task = self
+            .task(&input.comment.task.user, &input.comment.task.task_id)
+            .await?;
+        self.write_comment(&task, &input.comment)
+            .await
+            .map_err(|e| github_error_in("commenting", e))
+    }
     /// Reads replies on the issue from people who may write to the repository: answers to
     /// the questions, or an approval (comment or reaction) or change request for the plan.
     #[activity(name = "github.poll_human")]
@@ -815,19 +843,6 @@ impl TaskActivities {
             failed,
             pr_state,
         })
-    }
-
-    /// Marks the draft PR ready for review (GraphQL `markPullRequestReadyForReview`).
-    #[activity(name = "github.mark_ready")]
-    pub async fn mark_ready(
-        self: Arc<Self>,
-        _ctx: ActivityContext,
-        input: ReadyInput,
-    ) -> Result<(), ActivityError> {
-        self.github
-            .mark_ready_for_review(&input.node_id)
-            .await
-            .map_err(github_error)
     }
 
     /// Looks at a PR under review: merged, closed, or new feedback from collaborators (review
@@ -1247,6 +1262,124 @@ impl TaskActivities {
 }
 
 impl TaskActivities {
+    /// Checks the repository exists and can be pushed to; returns how to clone it.
+    async fn prepare_repo(&self, task: &Task) -> Result<RepoInfo, ActivityError> {
+        let access = self
+            .github
+            .repo_access(&task.repo)
+            .await
+            .map_err(|e| match e {
+                GitHubError::NotFound => permanent(
+                    failure_type::REPO_UNUSABLE,
+                    format!(
+                        "the repository {} does not exist or is not visible",
+                        task.repo
+                    ),
+                ),
+                other => github_error(other),
+            })?;
+        if !access.can_push {
+            return Err(permanent(
+                failure_type::REPO_UNUSABLE,
+                format!("the GitHub token cannot push to {}", task.repo),
+            ));
+        }
+        Ok(RepoInfo {
+            default_branch: access.default_branch,
+            clone_url: access.clone_url,
+        })
+    }
+
+    /// Finds the task's issue by its marker, or opens it.
+    async fn open_issue(&self, task: &Task) -> Result<IssueInfo, GitHubError> {
+        let body = task_text::issue_body(&task.id, &task.description, &[], None, "Planning");
+        let issue = self
+            .github
+            .find_or_create_issue(
+                &task.repo,
+                &task_text::issue_marker(&task.id),
+                &task_text::issue_title(&task.title),
+                &body,
+                &["mainloop".to_string(), "planning".to_string()],
+                Some(task.created_at),
+            )
+            .await?;
+        Ok(IssueInfo {
+            number: issue.number,
+            url: issue.url,
+        })
+    }
+
+    /// Rewrites the issue body (request, requirements, plan, status), labels and state.
+    async fn write_issue(&self, task: &Task, input: &IssueBodyInput) -> Result<(), GitHubError> {
+        let answers: Vec<(String, String)> = input
+            .answers
+            .iter()
+            .map(|a| (a.question.clone(), a.answer.clone()))
+            .collect();
+        let plan = if input.with_plan {
+            task.plan.as_deref()
+        } else {
+            None
+        };
+        let body =
+            task_text::issue_body(&task.id, &task.description, &answers, plan, &input.status);
+        self.github
+            .update_issue(
+                &task.repo,
+                input.issue,
+                IssueUpdate {
+                    body: Some(body),
+                    labels: input.labels.clone(),
+                    state: input.close.then(|| "closed".to_string()),
+                    ..IssueUpdate::default()
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a comment once per key (a retry updates it).
+    async fn write_comment(
+        &self,
+        task: &Task,
+        input: &CommentInput,
+    ) -> Result<CommentInfo, GitHubError> {
+        let app_url = self.settings.app_url.as_deref();
+        let text = match &input.body {
+            CommentBody::Text { text } => text.clone(),
+            CommentBody::Questions { questions } => {
+                task_text::questions_comment(questions, app_url)
+            }
+            CommentBody::Plan { version } => task_text::plan_comment(
+                task.plan.as_deref().unwrap_or("(the plan is empty)"),
+                *version,
+                app_url,
+            ),
+            CommentBody::Summary { ledger, summary } => task_text::summary_comment(
+                &task.title,
+                summary,
+                ledger,
+                task.cost.cost_usd,
+                task.cost.input_tokens + task.cost.output_tokens + task.cost.cache_tokens,
+            ),
+        };
+        let marker = task_text::comment_marker(&task.id, &input.key);
+        let comment = self
+            .github
+            .upsert_comment(
+                &task.repo,
+                input.number,
+                &marker,
+                &format!("{text}\n{marker}"),
+            )
+            .await?;
+        Ok(CommentInfo {
+            id: comment.id,
+            created_at: comment.created_at.to_rfc3339(),
+        })
+    }
+
     async fn can_write(&self, repo: &str, login: &str) -> Result<bool, ActivityError> {
         Ok(self
             .github
@@ -1358,14 +1491,24 @@ async fn forward_lines(
 }
 
 fn github_error(error: GitHubError) -> ActivityError {
+    github_failure(format!("GitHub: {error}"), &error)
+}
+
+/// A GitHub failure in one `step` of an activity that makes several calls, so the task's
+/// error says which call failed.
+fn github_error_in(step: &str, error: GitHubError) -> ActivityError {
+    github_failure(format!("{step}: GitHub: {error}"), &error)
+}
+
+fn github_failure(message: String, error: &GitHubError) -> ActivityError {
     if error.is_retryable() {
-        let delay = match &error {
+        let delay = match error {
             GitHubError::RateLimited { retry_after } => *retry_after,
             _ => None,
         };
-        retryable(format!("GitHub: {error}"), delay)
+        retryable(message, delay)
     } else {
-        permanent(failure_type::GITHUB_REJECTED, format!("GitHub: {error}"))
+        permanent(failure_type::GITHUB_REJECTED, message)
     }
 }
 

@@ -371,7 +371,7 @@ async fn post_task_input(ts: &TaskStack, id: &str, what: &str, body: Value) -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_from_questions_to_merge() -> Result<()> {
     // Every answer comes from the app while the wait's poll timer still runs: the wait
-    // cancels it (the `human-wait-timer-cancelled` patch).
+    // cancels it (the `human-wait-timer-cancelled` change).
     let ts = TaskStack::start_with(&[
         ("MAINLOOP_HUMAN_POLL", "10m"),
         ("MAINLOOP_HUMAN_POLL_MAX", "10m"),
@@ -451,15 +451,53 @@ async fn task_from_questions_to_merge() -> Result<()> {
         .map(|run| run["taskQueue"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(queues, ["mainloop-intake", "mainloop"]);
+    // Runs that start at behaviour level 1 ask no patch, and make the GitHub calls that go
+    // together in one activity each.
+    let runs: Vec<Value> = histories(&ts.stack, &workflow)
+        .await?
+        .iter()
+        .map(|run| serde_json::from_slice(run))
+        .collect::<serde_json::Result<_>>()?;
+    let events: Vec<&Value> = runs
+        .iter()
+        .flat_map(|run| run["events"].as_array().into_iter().flatten())
+        .collect();
+    let patches = events
+        .iter()
+        .filter(|e| e["attributes"]["MarkerRecordedEventAttributes"]["marker_name"] == "core_patch")
+        .count();
+    assert_eq!(patches, 0, "patch markers in a level-1 task");
+    let scheduled = |name: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["attributes"]["ActivityTaskScheduledEventAttributes"]["activity_type"]["name"]
+                    == name
+            })
+            .count()
+    };
+    // Answers, two plans and the approval; the start; one ready for review per round.
+    assert_eq!(scheduled("github.update_issue_and_comment"), 4);
+    assert_eq!(scheduled("github.start"), 1);
+    assert_eq!(scheduled("github.mark_ready_and_comment"), 2);
+    for alone in [
+        "github.prepare",
+        "github.ensure_issue",
+        "github.update_issue",
+        "github.mark_ready",
+    ] {
+        assert_eq!(scheduled(alone), 0, "{alone} on its own");
+    }
     // The corpus keeps the histories this scenario recorded before: `from_questions_to_merge`
     // from before the intake queue (a task that never moves), `…_via_intake` from before
-    // `implementing` was recorded at the approval, and `…_implementing_at_approval` from
-    // before a wait for a person cancelled its poll timer.
+    // `implementing` was recorded at the approval, `…_implementing_at_approval` from before a
+    // wait for a person cancelled its poll timer, and `…_human_timers_cancelled` from before
+    // behaviour levels (its runs ask each patch).
     keep_workflow(
         &ts.stack,
         &workflow,
         "task",
-        "from_questions_to_merge_human_timers_cancelled",
+        "from_questions_to_merge_level_1",
     )
     .await?;
     settle(&ts.stack, 1).await?;

@@ -20,9 +20,10 @@ use mainloop_activities::chat::ActivityTiming;
 use mainloop_activities::task_text::{self, LedgerEntry};
 use mainloop_activities::tasks::{
     CheckInput, CiVerdict, CloseInput, CommentBody, CommentInfo, CommentInput, GitHubReply,
-    HumanWait, IssueBodyInput, IssueInfo, JobInput, JobOutcome, JobOutput, JobSpent,
-    PollHumanInput, PrState, PullInfo, PullInput, ReadyInput, RecordInput, RepoInfo,
-    ReviewPollInput, StopJobInput, TaskActivities, TaskConfig, TaskRef,
+    HumanWait, IssueAndCommentInput, IssueBodyInput, IssueInfo, JobInput, JobOutcome, JobOutput,
+    JobSpent, PollHumanInput, PrState, PullInfo, PullInput, ReadyAndCommentInput, ReadyInput,
+    RecordInput, RepoInfo, ReviewPollInput, StartInput, StopJobInput, TaskActivities, TaskConfig,
+    TaskRef,
 };
 use mainloop_agent::protocol::{Answer, Mode};
 use mainloop_store::{
@@ -234,6 +235,8 @@ pub struct WorkerTaskWorkflow {
     /// `nudges` when the task last went to look at GitHub: any beyond it came during that
     /// look or after it, and have not been acted on.
     nudges_looked: u64,
+    /// This run's behaviour level, from its recorded config (see [`at_level`]).
+    behaviour: u32,
 }
 
 type Ctx = WorkflowContext<WorkerTaskWorkflow>;
@@ -272,6 +275,7 @@ impl WorkerTaskWorkflow {
             inbox,
             nudges,
             nudges_looked: 0,
+            behaviour: 0,
         }
     }
 
@@ -293,9 +297,11 @@ impl WorkerTaskWorkflow {
             .execute_local_activity(TaskActivities::config, (), local())
             .await
             .unwrap_or_default();
+        ctx.state_mut(|s| s.behaviour = config.behaviour);
         // Resolved once per task (and carried across continue-as-new), so later changes to the
         // worker's defaults leave a running task's limits alone.
-        if ctx.state(|s| s.mem.budget.is_none()) && ctx.patched(budget::PATCH) {
+        if ctx.state(|s| s.mem.budget.is_none()) && (at_level(ctx, 1) || ctx.patched(budget::PATCH))
+        {
             let limits = budget::resolve(ctx.state(|s| s.budget_override), &config.budget);
             ctx.state_mut(|s| s.mem.budget = Some(limits));
         }
@@ -671,6 +677,15 @@ fn github_options(config: &TaskConfig) -> ActivityOptions {
     })
 }
 
+/// Whether this run takes every change of behaviour `level` without asking `patched()`: it
+/// started on a worker at that level or later (`TaskConfig::behaviour`, recorded with the
+/// run's config, so a replay sees the level the run started with). Runs recorded before
+/// levels existed are at 0 and ask, as they always did. Level 1 holds the five patches below
+/// and GitHub calls that go together made in one activity.
+fn at_level(ctx: &Ctx, level: u32) -> bool {
+    ctx.state(|s| s.behaviour >= level)
+}
+
 /// Marks histories whose jobs run on the job queue; older ones keep theirs on the task queue.
 const JOB_QUEUE_PATCH: &str = "jobs-on-their-own-queue";
 
@@ -764,7 +779,7 @@ async fn pause(ctx: &Ctx, interval_ms: u64) -> Pause {
 /// before the patch replay as they ran.
 fn nudged_before_the_wait(ctx: &Ctx) -> bool {
     ctx.state(|s| s.nudges != s.nudges_looked && s.mem.cancel.is_none())
-        && ctx.patched(NUDGED_BEFORE_THE_WAIT_PATCH)
+        && (at_level(ctx, 1) || ctx.patched(NUDGED_BEFORE_THE_WAIT_PATCH))
 }
 
 /// The task is about to read GitHub: every nudge so far will be answered by that read.
@@ -863,7 +878,7 @@ async fn job(
         // Jobs waiting for a free job slot used to hold the worker's activity slots while they
         // waited, so a backlog of jobs starved chat turns and new tasks of their activities.
         // On their own queue they wait in Temporal instead (see `job_task_queue`).
-        if ctx.patched(JOB_QUEUE_PATCH) {
+        if at_level(ctx, 1) || ctx.patched(JOB_QUEUE_PATCH) {
             options.task_queue = Some(crate::job_task_queue(settled_queue(ctx, config)));
         }
         let result = unless_cancelled(
@@ -953,6 +968,63 @@ async fn comment(
     }
 }
 
+/// Rewrites the issue's body, then writes a comment on it: one activity from level 1, two
+/// before.
+async fn update_issue_and_comment(
+    ctx: &Ctx,
+    config: &TaskConfig,
+    issue: IssueBodyInput,
+    key: &str,
+    body: CommentBody,
+) -> Result<CommentInfo, Step> {
+    let comment_input = CommentInput {
+        task: task_ref(ctx),
+        number: issue.issue,
+        key: key.to_string(),
+        body,
+    };
+    if !at_level(ctx, 1) {
+        match unless_cancelled(
+            ctx,
+            ctx.execute_activity(TaskActivities::update_issue, issue, github_options(config)),
+        )
+        .await
+        {
+            None => return Err(Step::Cancel(cancel_reason(ctx))),
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                return Err(Step::Fail(failed("updating the issue failed", &error)));
+            }
+        }
+        return comment(
+            ctx,
+            config,
+            comment_input.number,
+            &comment_input.key,
+            comment_input.body,
+        )
+        .await;
+    }
+    let input = IssueAndCommentInput {
+        issue,
+        comment: comment_input,
+    };
+    match unless_cancelled(
+        ctx,
+        ctx.execute_activity(
+            TaskActivities::update_issue_and_comment,
+            input,
+            github_options(config),
+        ),
+    )
+    .await
+    {
+        None => Err(Step::Cancel(cancel_reason(ctx))),
+        Some(Ok(info)) => Ok(info),
+        Some(Err(error)) => Err(Step::Fail(failed("writing to the issue failed", &error))),
+    }
+}
+
 macro_rules! tryit {
     ($e:expr) => {
         match $e {
@@ -964,6 +1036,28 @@ macro_rules! tryit {
 
 async fn start(ctx: &Ctx, config: &TaskConfig) -> Step {
     record(ctx, TaskStatus::Pending, "checking the repository", None).await;
+    if at_level(ctx, 1) {
+        let open_issue = !ctx.state(|s| s.skip_planning);
+        let started = github!(
+            ctx,
+            config,
+            TaskActivities::start,
+            StartInput {
+                task: task_ref(ctx),
+                open_issue,
+            },
+            "starting on GitHub failed"
+        );
+        ctx.state_mut(|s| {
+            s.mem.repo = Some(started.repo);
+            s.mem.issue = started.issue;
+        });
+        return if open_issue {
+            Step::Next(Phase::Plan)
+        } else {
+            Step::Next(Phase::Implement)
+        };
+    }
     let repo = github!(
         ctx,
         config,
@@ -1029,28 +1123,21 @@ async fn plan(ctx: &Ctx, config: &TaskConfig) -> Step {
         s.mem.questions.clear();
     });
     let answers = ctx.state(|s| s.mem.answers.clone());
-    github!(
-        ctx,
-        config,
-        TaskActivities::update_issue,
-        IssueBodyInput {
-            task: task_ref(ctx),
-            issue: issue.number,
-            status: "Plan ready for review".to_string(),
-            answers,
-            with_plan: true,
-            labels: None,
-            close: false,
-        },
-        "updating the issue failed"
-    );
     let posted = tryit!(
-        comment(
+        update_issue_and_comment(
             ctx,
             config,
-            issue.number,
+            IssueBodyInput {
+                task: task_ref(ctx),
+                issue: issue.number,
+                status: "Plan ready for review".to_string(),
+                answers,
+                with_plan: true,
+                labels: None,
+                close: false,
+            },
             &format!("plan-{version}"),
-            CommentBody::Plan { version }
+            CommentBody::Plan { version },
         )
         .await
     );
@@ -1091,7 +1178,9 @@ async fn wait_for_human(
             // A timer that is merely dropped still fires later: a workflow task, four history
             // events and a wake-up for nothing, once per answer from the app. Asked only when
             // the timer is still running, so that histories recorded before replay as they ran.
-            if woken != Some(Pause::Elapsed) && ctx.patched(HUMAN_WAIT_TIMER_CANCELLED_PATCH) {
+            if woken != Some(Pause::Elapsed)
+                && (at_level(ctx, 1) || ctx.patched(HUMAN_WAIT_TIMER_CANCELLED_PATCH))
+            {
                 timer.cancel();
                 let _cancelled = timer.await;
             }
@@ -1196,31 +1285,24 @@ async fn questions(ctx: &Ctx, config: &TaskConfig) -> Step {
             });
             if let Some(issue) = issue {
                 let answers = ctx.state(|s| s.mem.answers.clone());
-                github!(
-                    ctx,
-                    config,
-                    TaskActivities::update_issue,
-                    IssueBodyInput {
-                        task: task_ref(ctx),
-                        issue: issue.number,
-                        status: "Planning".to_string(),
-                        answers,
-                        with_plan: false,
-                        labels: None,
-                        close: false,
-                    },
-                    "updating the issue failed"
-                );
                 tryit!(
-                    comment(
+                    update_issue_and_comment(
                         ctx,
                         config,
-                        issue.number,
+                        IssueBodyInput {
+                            task: task_ref(ctx),
+                            issue: issue.number,
+                            status: "Planning".to_string(),
+                            answers,
+                            with_plan: false,
+                            labels: None,
+                            close: false,
+                        },
                         &format!("answers-{round}"),
                         CommentBody::Text {
                             text: "✅ Got the answers. Writing the implementation plan…"
                                 .to_string(),
-                        }
+                        },
                     )
                     .await
                 );
@@ -1281,33 +1363,26 @@ async fn plan_review(ctx: &Ctx, config: &TaskConfig) -> Step {
             ctx.state_mut(|s| s.mem.branch = Some(branch.clone()));
             // The person who approved sees the task move at once; the issue's update and
             // comment are two calls to GitHub they need not wait for.
-            if ctx.patched(IMPLEMENTING_AT_APPROVAL_PATCH) {
+            if at_level(ctx, 1) || ctx.patched(IMPLEMENTING_AT_APPROVAL_PATCH) {
                 record(ctx, TaskStatus::Implementing, IMPLEMENTING, None).await;
             }
-            github!(
-                ctx,
-                config,
-                TaskActivities::update_issue,
-                IssueBodyInput {
-                    task: task_ref(ctx),
-                    issue: issue.number,
-                    status: "Plan approved; implementing".to_string(),
-                    answers: ctx.state(|s| s.mem.answers.clone()),
-                    with_plan: true,
-                    labels: Some(vec!["mainloop".to_string(), "approved".to_string()]),
-                    close: false,
-                },
-                "updating the issue failed"
-            );
             tryit!(
-                comment(
+                update_issue_and_comment(
                     ctx,
                     config,
-                    issue.number,
+                    IssueBodyInput {
+                        task: task_ref(ctx),
+                        issue: issue.number,
+                        status: "Plan approved; implementing".to_string(),
+                        answers: ctx.state(|s| s.mem.answers.clone()),
+                        with_plan: true,
+                        labels: Some(vec!["mainloop".to_string(), "approved".to_string()]),
+                        close: false,
+                    },
                     &format!("approved-{version}"),
                     CommentBody::Text {
                         text: format!("✅ **Plan approved.** Implementing on `{branch}`…"),
-                    }
+                    },
                 )
                 .await
             );
@@ -1348,7 +1423,7 @@ async fn implement(ctx: &Ctx, config: &TaskConfig) -> Step {
     if ctx.state(|s| s.mem.pr.is_none()) {
         // Recorded at the approval already, unless the phase is retried or skipped planning.
         let recorded = ctx.state(|s| s.mem.status == Some(TaskStatus::Implementing));
-        if !(recorded && ctx.patched(IMPLEMENTING_AT_APPROVAL_PATCH)) {
+        if !(recorded && (at_level(ctx, 1) || ctx.patched(IMPLEMENTING_AT_APPROVAL_PATCH))) {
             record(ctx, TaskStatus::Implementing, IMPLEMENTING, None).await;
         }
         let output = tryit!(job(ctx, config, Mode::Implement, None).await);
@@ -1527,17 +1602,11 @@ async fn ready(ctx: &Ctx, config: &TaskConfig) -> Step {
     let Some(pr) = ctx.state(|s| s.mem.pr.clone()) else {
         return Step::Fail("the task has no PR".to_string());
     };
-    github!(
-        ctx,
-        config,
-        TaskActivities::mark_ready,
-        ReadyInput {
-            task: task_ref(ctx),
-            pr: pr.number,
-            node_id: pr.node_id.clone()
-        },
-        "marking the PR ready failed"
-    );
+    let ready = ReadyInput {
+        task: task_ref(ctx),
+        pr: pr.number,
+        node_id: pr.node_id.clone(),
+    };
     let (ledger, summary, round) = ctx.state(|s| {
         (
             s.mem.ledger.clone(),
@@ -1545,16 +1614,42 @@ async fn ready(ctx: &Ctx, config: &TaskConfig) -> Step {
             s.mem.feedback_rounds,
         )
     });
-    tryit!(
-        comment(
+    let summary_key = format!("summary-{round}");
+    if at_level(ctx, 1) {
+        github!(
             ctx,
             config,
-            pr.number,
-            &format!("summary-{round}"),
-            CommentBody::Summary { ledger, summary }
-        )
-        .await
-    );
+            TaskActivities::mark_ready_and_comment,
+            ReadyAndCommentInput {
+                ready,
+                comment: CommentInput {
+                    task: task_ref(ctx),
+                    number: pr.number,
+                    key: summary_key,
+                    body: CommentBody::Summary { ledger, summary },
+                },
+            },
+            "writing to the PR failed"
+        );
+    } else {
+        github!(
+            ctx,
+            config,
+            TaskActivities::mark_ready,
+            ready,
+            "marking the PR ready failed"
+        );
+        tryit!(
+            comment(
+                ctx,
+                config,
+                pr.number,
+                &summary_key,
+                CommentBody::Summary { ledger, summary }
+            )
+            .await
+        );
+    }
     ctx.state_mut(|s| {
         if s.mem.review_since.is_none() {
             s.mem.review_since = s.mem.asked_at.clone();
