@@ -501,11 +501,13 @@ async fn task_from_questions_to_merge() -> Result<()> {
     )
     .await?;
     settle(&ts.stack, 1).await?;
+    // `task_started_and_told` stays in the corpus: a thread from before it started its tasks
+    // with their search attributes.
     keep_workflow(
         &ts.stack,
         &main_thread(),
         "main_thread",
-        "task_started_and_told",
+        "task_started_with_search_attributes",
     )
     .await
 }

@@ -655,6 +655,54 @@ async fn without_a_ci_budget_ci_that_never_passes_fails_after_five_fixes_and_ret
     Ok(())
 }
 
+/// The plan goes on GitHub in one activity (`github.update_issue_and_comment`): the issue's
+/// body, then the plan comment. When the comment is refused after the body was written, the
+/// task's error names the step, and a retry writes both again and leaves one plan comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_plan_comment_names_its_step_and_a_retry_posts_the_plan_once() -> Result<()> {
+    let ts = TaskStack::start().await?;
+    // The task's issue is the repository's first; its comments are first read when the plan
+    // comment is written (the upsert looks for its marker).
+    ts.github
+        .fail_next(&format!("/repos/{REPO}/issues/1/comments"), 422);
+    let id = ts.confirmed_task(json!({})).await?;
+    let failed = ts.wait_status(&id, TaskStatus::Failed).await?;
+    let error = failed.error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("writing to the issue failed: commenting: GitHub:"),
+        "{error}"
+    );
+    let issue = failed.issue_number.context("no issue")? as u64;
+    let body = ts
+        .github
+        .issue(REPO, issue)
+        .context("issue")?
+        .body
+        .unwrap_or_default();
+    assert!(
+        body.contains("Implementation plan"),
+        "the body went first: {body}"
+    );
+    assert!(ts.github.comments(REPO, issue).is_empty());
+
+    let (status, body) = ts
+        .request("POST", &format!("/api/tasks/{id}/retry"), None)
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    ts.wait_for(|| async { Ok((ts.task(&id).await?.status != TaskStatus::Failed).then_some(())) })
+        .await?;
+    ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+    let plans = ts
+        .github
+        .comments(REPO, issue)
+        .iter()
+        .filter(|c| c.body.contains("📋"))
+        .count();
+    assert_eq!(plans, 1);
+    assert_eq!(ts.github.issues(REPO).len(), 1);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lgtm_from_a_user_without_write_access_approves_nothing() -> Result<()> {
     let ts = TaskStack::start().await?;

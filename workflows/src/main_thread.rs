@@ -25,6 +25,7 @@ use mainloop_activities::chat::{
 use mainloop_store::task_workflow_id;
 use serde::{Deserialize, Serialize};
 use temporalio_common::data_converters::RawValue;
+use temporalio_common::search_attributes::SearchAttributes;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflows::select;
 use temporalio_sdk::{
@@ -36,7 +37,7 @@ use temporalio_sdk::{
 use crate::options::{activity_options, local_options};
 use crate::payload::{Inbound, describe_activity_error};
 use crate::task::{TaskInput, WorkerTaskWorkflow};
-use crate::{SEARCH_ATTRIBUTE_USER, defaults};
+use crate::{SEARCH_ATTRIBUTE_REPO, SEARCH_ATTRIBUTE_USER, defaults};
 
 /// Most input ids remembered for de-duplication. The outbox redelivers only what it could not
 /// confirm, moments later, so a window this size is far beyond any real duplicate distance;
@@ -568,10 +569,17 @@ async fn start_task(
         budget: decision.budget,
         on_intake: config.intake_queue.is_some(),
     };
+    // Set at the start, the task is found by user and repository at once, and its first run
+    // needs no upsert of its own (tasks started before did one).
+    let search_attributes = SearchAttributes::new([
+        SEARCH_ATTRIBUTE_USER.value_set(input.user.clone()),
+        SEARCH_ATTRIBUTE_REPO.value_set(input.repo.clone()),
+    ]);
     let options = ChildWorkflowOptions::builder()
         .workflow_id(task_workflow_id(&task_id))
         .parent_close_policy(ParentClosePolicy::Abandon)
         .static_summary(title)
+        .search_attributes(search_attributes)
         .maybe_task_queue(config.intake_queue.clone().or(config.task_queue.clone()))
         .build();
     match ctx

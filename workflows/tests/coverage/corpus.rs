@@ -103,6 +103,13 @@ fn record(seen: &mut Capabilities, kind: &str, attributes: &Value) {
                 seen.events.insert(format!("SearchAttribute:{key}"));
             }
         }
+        // A child started with search attributes: the starting workflow set those keys.
+        "StartChildWorkflowExecutionInitiatedEventAttributes" => {
+            let fields = &attributes["search_attributes"]["indexedFields"];
+            for key in fields.as_object().into_iter().flat_map(|f| f.keys()) {
+                seen.events.insert(format!("SearchAttribute:{key}"));
+            }
+        }
         _ => {}
     }
 }
