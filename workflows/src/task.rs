@@ -977,12 +977,7 @@ async fn update_issue_and_comment(
     key: &str,
     body: CommentBody,
 ) -> Result<CommentInfo, Step> {
-    let comment_input = CommentInput {
-        task: task_ref(ctx),
-        number: issue.issue,
-        key: key.to_string(),
-        body,
-    };
+    let number = issue.issue;
     if !at_level(ctx, 1) {
         match unless_cancelled(
             ctx,
@@ -996,18 +991,16 @@ async fn update_issue_and_comment(
                 return Err(Step::Fail(failed("updating the issue failed", &error)));
             }
         }
-        return comment(
-            ctx,
-            config,
-            comment_input.number,
-            &comment_input.key,
-            comment_input.body,
-        )
-        .await;
+        return comment(ctx, config, number, key, body).await;
     }
     let input = IssueAndCommentInput {
         issue,
-        comment: comment_input,
+        comment: CommentInput {
+            task: task_ref(ctx),
+            number,
+            key: key.to_string(),
+            body,
+        },
     };
     match unless_cancelled(
         ctx,
