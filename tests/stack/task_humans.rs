@@ -185,12 +185,7 @@ async fn a_plan_revised_once_with_text_then_approved_is_implemented() -> Result<
     assert!(revision_prompts[0].contains("Please use CSS variables"));
     assert!(revision_prompts[0].contains(&first_plan));
     // The issue shows the plan now in force.
-    let body = ts
-        .github
-        .issue(REPO, issue)
-        .context("issue")?
-        .body
-        .unwrap_or_default();
+    let body = ts.issue_body(issue)?;
     assert!(body.contains("CSS variables"), "{body}");
 
     approve_plan(&ts, &id).await?;

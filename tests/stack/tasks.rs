@@ -433,6 +433,16 @@ impl TaskStack {
         }
     }
 
+    /// The body of issue `number` in [`REPO`] on the fake GitHub.
+    pub fn issue_body(&self, number: u64) -> Result<String> {
+        Ok(self
+            .github
+            .issue(REPO, number)
+            .context("issue")?
+            .body
+            .unwrap_or_default())
+    }
+
     pub async fn task(&self, id: &str) -> Result<Task> {
         Ok(self.stack.store.get_task(USER, id).await?)
     }
@@ -507,12 +517,7 @@ async fn a_confirmed_proposal_goes_from_plan_to_a_merged_pr() -> Result<()> {
         task.plan.as_deref().unwrap_or("").contains("greet()"),
         "{task:?}"
     );
-    let body = ts
-        .github
-        .issue(REPO, issue)
-        .context("issue")?
-        .body
-        .unwrap_or_default();
+    let body = ts.issue_body(issue)?;
     assert!(body.contains("Implementation plan"), "{body}");
     assert!(
         ts.github
@@ -673,12 +678,7 @@ async fn a_refused_plan_comment_names_its_step_and_a_retry_posts_the_plan_once()
         "{error}"
     );
     let issue = failed.issue_number.context("no issue")? as u64;
-    let body = ts
-        .github
-        .issue(REPO, issue)
-        .context("issue")?
-        .body
-        .unwrap_or_default();
+    let body = ts.issue_body(issue)?;
     assert!(
         body.contains("Implementation plan"),
         "the body went first: {body}"

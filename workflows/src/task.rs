@@ -790,17 +790,30 @@ fn going_to_look(ctx: &Ctx) {
 /// A GitHub activity, or the step outcome when it fails or the task is cancelled.
 macro_rules! github {
     ($ctx:expr, $config:expr, $activity:expr, $input:expr, $what:expr) => {
-        match unless_cancelled(
+        match on_github(
             $ctx,
             $ctx.execute_activity($activity, $input, github_options($config)),
+            $what,
         )
         .await
         {
-            None => return Step::Cancel(cancel_reason($ctx)),
-            Some(Ok(output)) => output,
-            Some(Err(error)) => return Step::Fail(failed($what, &error)),
+            Ok(output) => output,
+            Err(step) => return step,
         }
     };
+}
+
+/// A GitHub activity's output, or the step outcome when it fails (`what` failed) or the task
+/// is cancelled meanwhile.
+async fn on_github<F, T>(ctx: &Ctx, activity: F, what: &str) -> Result<T, Step>
+where
+    F: CancellableFuture<Output = Result<T, ActivityExecutionError>>,
+{
+    match unless_cancelled(ctx, activity).await {
+        None => Err(Step::Cancel(cancel_reason(ctx))),
+        Some(Ok(output)) => Ok(output),
+        Some(Err(error)) => Err(Step::Fail(failed(what, &error))),
+    }
 }
 
 fn cancel_reason(ctx: &Ctx) -> String {
@@ -956,16 +969,12 @@ async fn comment(
         key: key.to_string(),
         body,
     };
-    match unless_cancelled(
+    on_github(
         ctx,
         ctx.execute_activity(TaskActivities::comment, input, github_options(config)),
+        "commenting on GitHub failed",
     )
     .await
-    {
-        None => Err(Step::Cancel(cancel_reason(ctx))),
-        Some(Ok(info)) => Ok(info),
-        Some(Err(error)) => Err(Step::Fail(failed("commenting on GitHub failed", &error))),
-    }
 }
 
 /// Rewrites the issue's body, then writes a comment on it: one activity from level 1, two
@@ -979,18 +988,12 @@ async fn update_issue_and_comment(
 ) -> Result<CommentInfo, Step> {
     let number = issue.issue;
     if !at_level(ctx, 1) {
-        match unless_cancelled(
+        on_github(
             ctx,
             ctx.execute_activity(TaskActivities::update_issue, issue, github_options(config)),
+            "updating the issue failed",
         )
-        .await
-        {
-            None => return Err(Step::Cancel(cancel_reason(ctx))),
-            Some(Ok(())) => {}
-            Some(Err(error)) => {
-                return Err(Step::Fail(failed("updating the issue failed", &error)));
-            }
-        }
+        .await?;
         return comment(ctx, config, number, key, body).await;
     }
     let input = IssueAndCommentInput {
@@ -1002,20 +1005,16 @@ async fn update_issue_and_comment(
             body,
         },
     };
-    match unless_cancelled(
+    on_github(
         ctx,
         ctx.execute_activity(
             TaskActivities::update_issue_and_comment,
             input,
             github_options(config),
         ),
+        "writing to the issue failed",
     )
     .await
-    {
-        None => Err(Step::Cancel(cancel_reason(ctx))),
-        Some(Ok(info)) => Ok(info),
-        Some(Err(error)) => Err(Step::Fail(failed("writing to the issue failed", &error))),
-    }
 }
 
 macro_rules! tryit {
