@@ -429,6 +429,38 @@ impl Report {
 
 /// CPU time (user + system) this process `pid` has used, not counting its children.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
+    stat_cpu(pid, false)
+}
+
+/// CPU time of process `pid` and of its children that have ended and been waited for (a
+/// worker's jobs, the git processes of this process's fake GitHub).
+pub fn cpu_time_with_children(pid: u32) -> Result<Duration> {
+    stat_cpu(pid, true)
+}
+
+/// CPU time of every running process named `command` (PostgreSQL's postmaster and backends),
+/// with their ended children.
+pub fn cpu_time_of_command(command: &str) -> Result<Duration> {
+    let mut total = Duration::ZERO;
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim_end() == command);
+        // A process may end between the listing and the read.
+        if let (true, Ok(cpu)) = (named, stat_cpu(pid, true)) {
+            total += cpu;
+        }
+    }
+    Ok(total)
+}
+
+fn stat_cpu(pid: u32, with_children: bool) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat
@@ -436,16 +468,38 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
         .map(|(_, r)| r)
         .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    // utime, stime, cutime and cstime are fields 14 to 17 of stat(5); `rest` starts at
+    // field 3.
     let ticks = |i: usize| -> Result<u64> {
         Ok(fields
             .get(i - 3)
             .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
             .parse()?)
     };
-    let total = ticks(14)? + ticks(15)?;
+    let mut total = ticks(14)? + ticks(15)?;
+    if with_children {
+        total += ticks(16)? + ticks(17)?;
+    }
     // USER_HZ is 100 on every Linux we run on (sysconf needs unsafe code or a crate).
     Ok(Duration::from_millis(total * 10))
+}
+
+/// CPU time the whole machine spent busy (every process, every core: the `cpu` line of
+/// /proc/stat without idle and iowait).
+pub fn machine_cpu_time() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|line| line.starts_with("cpu "))
+        .ok_or_else(|| anyhow::anyhow!("no cpu line in /proc/stat"))?;
+    let mut ticks = 0u64;
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    for (index, field) in line.split_whitespace().skip(1).take(8).enumerate() {
+        if index != 3 && index != 4 {
+            ticks += field.parse::<u64>()?;
+        }
+    }
+    Ok(Duration::from_millis(ticks * 10))
 }
 
 /// Resident memory of process `pid`, in KiB.

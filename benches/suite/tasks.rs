@@ -23,14 +23,17 @@ use mainloop_testkit::temporal::DevServer;
 use serde_json::json;
 
 use crate::stack::{REPO, TaskStack, WAIT};
-use crate::support::{Bound, Probe, Row, Stats, cpu_time, rss_kib, setting};
+use crate::support::{
+    Bound, Probe, Row, Stats, cpu_time, cpu_time_of_command, cpu_time_with_children,
+    machine_cpu_time, rss_kib, setting,
+};
 
 pub async fn run(temporal: &DevServer) -> Result<Vec<Row>> {
     let stack = TaskStack::start(temporal, "tasks", &[]).await?;
     let mut rows = Vec::new();
     rows.extend(lifecycle(&stack, temporal).await?);
-    rows.extend(throughput(&stack).await?);
-    rows.extend(parked(&stack, None).await?);
+    rows.extend(throughput(&stack, temporal).await?);
+    rows.extend(parked(&stack, temporal, None).await?);
     drop(stack);
     let cache = setting("F4_CACHE", 50);
     let evicting = TaskStack::start(
@@ -39,7 +42,7 @@ pub async fn run(temporal: &DevServer) -> Result<Vec<Row>> {
         &[("MAINLOOP_WORKFLOW_CACHE", &cache.to_string())],
     )
     .await?;
-    rows.extend(parked(&evicting, Some(cache)).await?);
+    rows.extend(parked(&evicting, temporal, Some(cache)).await?);
     Ok(rows)
 }
 
@@ -325,7 +328,7 @@ async fn lifecycle(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> 
     ])
 }
 
-async fn throughput(stack: &TaskStack) -> Result<Vec<Row>> {
+async fn throughput(stack: &TaskStack, temporal: &DevServer) -> Result<Vec<Row>> {
     let count = setting("F3_TASKS", 60);
     let mut proposals = Vec::new();
     for _ in 0..count {
@@ -333,7 +336,17 @@ async fn throughput(stack: &TaskStack) -> Result<Vec<Row>> {
     }
     let worker = stack.worker_pid()?;
     let api = stack.api_pid()?;
+    let server = temporal
+        .pid()
+        .context("the Temporal dev server is not running")?;
+    let bench = std::process::id();
     let (worker_before, api_before) = (cpu_time(worker)?, cpu_time(api)?);
+    let (server_before, machine_before) = (cpu_time(server)?, machine_cpu_time()?);
+    let (jobs_before, postgres_before, bench_before) = (
+        cpu_time_with_children(worker)?,
+        cpu_time_of_command("postgres")?,
+        cpu_time_with_children(bench)?,
+    );
     let start = Instant::now();
     let mut ids = Vec::new();
     for proposal in &proposals {
@@ -343,6 +356,16 @@ async fn throughput(stack: &TaskStack) -> Result<Vec<Row>> {
     let elapsed = start.elapsed();
     let worker_cpu = cpu_time(worker)?.saturating_sub(worker_before);
     let api_cpu = cpu_time(api)?.saturating_sub(api_before);
+    let server_cpu = cpu_time(server)?.saturating_sub(server_before);
+    let machine_cpu = machine_cpu_time()?.saturating_sub(machine_before);
+    // The worker's ended children are its jobs (it waits for each).
+    let jobs_cpu = cpu_time_with_children(worker)?
+        .saturating_sub(jobs_before)
+        .saturating_sub(worker_cpu);
+    let postgres_cpu = cpu_time_of_command("postgres")?.saturating_sub(postgres_before);
+    let bench_cpu = cpu_time_with_children(bench)?.saturating_sub(bench_before);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let busy = machine_cpu.as_secs_f64() / (elapsed.as_secs_f64() * cores as f64) * 100.0;
     let per_minute = count as f64 / elapsed.as_secs_f64() * 60.0;
     let per_task = |d: Duration| d.as_secs_f64() * 1000.0 / count as f64;
     Ok(vec![
@@ -355,8 +378,18 @@ async fn throughput(stack: &TaskStack) -> Result<Vec<Row>> {
             probe: None,
             note: format!(
                 "{count} tasks started at once, {:.1} s; default MAINLOOP_MAX_JOBS (3); jobs are the \
-                 instant agent",
-                elapsed.as_secs_f64()
+                 instant agent; the machine's {cores} cores {busy:.0}% busy, CPU-ms per task: all \
+                 processes {:.0}, the Temporal dev server {:.0}, the jobs {:.0}, PostgreSQL {:.0}, \
+                 the worker {:.0}, the API {:.0}, this process (the fake GitHub with its git, \
+                 the person) {:.0}",
+                elapsed.as_secs_f64(),
+                per_task(machine_cpu),
+                per_task(server_cpu),
+                per_task(jobs_cpu),
+                per_task(postgres_cpu),
+                per_task(worker_cpu),
+                per_task(api_cpu),
+                per_task(bench_cpu),
             ),
         },
         Row {
@@ -402,7 +435,7 @@ async fn park(stack: &TaskStack, worker: u32, count: usize) -> Result<(u64, Vec<
 }
 
 /// F4 and F5; `cache`: the worker's workflow cache, when it was set below the parked count.
-async fn parked(stack: &TaskStack, cache: Option<usize>) -> Result<Vec<Row>> {
+async fn parked(stack: &TaskStack, temporal: &DevServer, cache: Option<usize>) -> Result<Vec<Row>> {
     let count = setting("F4_TASKS", 200);
     let resumes = setting("F5_ITERATIONS", 30).min(count);
     let worker = stack.worker_pid()?;
@@ -444,7 +477,9 @@ async fn parked(stack: &TaskStack, cache: Option<usize>) -> Result<Vec<Row>> {
     .await?;
     let mut samples = Vec::new();
     let mut accepted = Vec::new();
+    let mut stages = ResumeStages::default();
     for id in ids.iter().take(resumes) {
+        let posted_at = chrono::Utc::now();
         let start = Instant::now();
         stack
             .post(
@@ -464,6 +499,7 @@ async fn parked(stack: &TaskStack, cache: Option<usize>) -> Result<Vec<Row>> {
         samples.push(start.elapsed());
         // To merged, so that no task of an earlier sample still polls its PR.
         drive(stack, std::slice::from_ref(id)).await?;
+        stages.add(temporal, id, posted_at).await?;
     }
     let resumed = Stats::of(samples);
     let accepted = Stats::of(accepted);
@@ -478,9 +514,92 @@ async fn parked(stack: &TaskStack, cache: Option<usize>) -> Result<Vec<Row>> {
         probe: Some(Probe::EchoUpdate),
         note: format!(
             "n={}, p99 {:.1} ms; of which the POST's 202 p50 {:.1} ms; API → outbox → signal \
-             → worker → store → SSE, PostgreSQL, {count} tasks parked",
-            resumed.n, resumed.p99_ms, accepted.p50_ms
+             → worker → store → SSE, PostgreSQL, {count} tasks parked; p50 from the POST, ms \
+             (the task's history): {}",
+            resumed.n,
+            resumed.p99_ms,
+            accepted.p50_ms,
+            stages.summary()
         ),
     });
     Ok(rows)
+}
+
+/// Where an F5 sample's time went, from the task workflow's history: when Temporal recorded
+/// the approval's signal, when the worker picked up the workflow task it caused, and when
+/// that workflow task completed (the status was recorded inside it), each measured from the
+/// POST. The server's clock is this machine's.
+#[derive(Default)]
+struct ResumeStages {
+    signaled: Vec<Duration>,
+    started: Vec<Duration>,
+    completed: Vec<Duration>,
+}
+
+impl ResumeStages {
+    async fn add(
+        &mut self,
+        temporal: &DevServer,
+        id: &str,
+        posted_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let out = temporal
+            .cli(&[
+                "workflow",
+                "show",
+                "--workflow-id",
+                &format!("task/{id}"),
+                "--output",
+                "json",
+            ])
+            .await?;
+        let history: serde_json::Value = serde_json::from_str(&out)?;
+        let events: Vec<(String, chrono::DateTime<chrono::Utc>, &serde_json::Value)> =
+            history["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|event| {
+                    let kind = event["eventType"]
+                        .as_str()?
+                        .trim_start_matches("EVENT_TYPE_");
+                    let at =
+                        chrono::DateTime::parse_from_rfc3339(event["eventTime"].as_str()?).ok()?;
+                    Some((kind.to_owned(), at.to_utc(), event))
+                })
+                .collect();
+        let signal = events
+            .iter()
+            .position(|(kind, _, event)| {
+                kind == "WORKFLOW_EXECUTION_SIGNALED"
+                    && event["workflowExecutionSignaledEventAttributes"]["signalName"]
+                        == "plan_review"
+            })
+            .with_context(|| format!("task/{id} has no plan_review signal"))?;
+        let after = |wanted: &str| {
+            events[signal..]
+                .iter()
+                .find(|(kind, _, _)| kind == wanted)
+                .map(|(_, at, _)| *at)
+                .with_context(|| format!("task/{id}: no {wanted} after the approval"))
+        };
+        let since_post =
+            |at: chrono::DateTime<chrono::Utc>| (at - posted_at).to_std().unwrap_or(Duration::ZERO);
+        self.signaled.push(since_post(events[signal].1));
+        self.started
+            .push(since_post(after("WORKFLOW_TASK_STARTED")?));
+        self.completed
+            .push(since_post(after("WORKFLOW_TASK_COMPLETED")?));
+        Ok(())
+    }
+
+    fn summary(&self) -> String {
+        let p50 = |samples: &Vec<Duration>| Stats::of(samples.clone()).p50_ms;
+        format!(
+            "signal recorded {:.1}, workflow task started {:.1}, completed {:.1}",
+            p50(&self.signaled),
+            p50(&self.started),
+            p50(&self.completed)
+        )
+    }
 }

@@ -300,6 +300,11 @@ impl DevServer {
         self.child.is_some()
     }
 
+    /// The server's process id while it runs (for measuring its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(ChildProcess::pid)
+    }
+
     /// Stops the server gracefully.
     pub async fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {

@@ -252,8 +252,13 @@ pub(crate) async fn commits(
         .collect())
 }
 
-/// Merges `head` into `base` with a merge commit, as GitHub's merge button does, and pushes
-/// the result to the bare repository. Returns the merge commit's SHA.
+/// Merges `head` into `base` with a merge commit, as GitHub's merge button does: on the server,
+/// in the bare repository, with no clone or worktree (`merge-tree`, `commit-tree`, then
+/// `update-ref` from the base's old tip, so a push that moved the base meanwhile fails the
+/// merge instead of being lost). Returns the merge commit's SHA.
+///
+/// A clone, merge and push took about 140 ms a merge and grew with the repository; a person
+/// merging sixty pull requests made it most of a throughput benchmark's time.
 pub(crate) async fn merge(
     shared: &Shared,
     key: &str,
@@ -262,28 +267,48 @@ pub(crate) async fn merge(
     message: &str,
 ) -> anyhow::Result<String> {
     let bare = shared.bare_path(key);
-    let bare = bare.to_str().context("non-UTF-8 repository path")?;
-    let work = tempfile::tempdir_in(&shared.scratch)?;
-    let dir = work.path();
     let home = &shared.git_home;
-    run(
+    let (base_ref, head_ref) = (format!("refs/heads/{base}"), format!("refs/heads/{head}"));
+    let base_tip = run(
         home,
-        dir,
-        &["clone", "--quiet", "--no-tags", "--branch", base, bare, "."],
+        &bare,
+        &["rev-parse", "--verify", "--end-of-options", &base_ref],
     )
     .await?;
-    let theirs = format!("origin/{head}");
-    if let Err(error) = run(
+    let head_tip = run(
         home,
-        dir,
-        &["merge", "--no-ff", "--quiet", "-m", message, &theirs],
+        &bare,
+        &["rev-parse", "--verify", "--end-of-options", &head_ref],
+    )
+    .await?;
+    let tree = match run(
+        home,
+        &bare,
+        &["merge-tree", "--write-tree", &base_tip, &head_tip],
     )
     .await
     {
-        bail!("{head} does not merge cleanly into {base}: {error:#}");
-    }
-    run(home, dir, &["push", "--quiet", "origin", base]).await?;
-    run(home, dir, &["rev-parse", "HEAD"]).await
+        // On a conflict `merge-tree` exits 1 and prints the tree, then the conflicts.
+        Ok(out) => out.lines().next().unwrap_or_default().to_owned(),
+        Err(error) => bail!("{head} does not merge cleanly into {base}: {error:#}"),
+    };
+    let commit = run(
+        home,
+        &bare,
+        &[
+            "commit-tree",
+            &tree,
+            "-p",
+            &base_tip,
+            "-p",
+            &head_tip,
+            "-m",
+            message,
+        ],
+    )
+    .await?;
+    run(home, &bare, &["update-ref", &base_ref, &commit, &base_tip]).await?;
+    Ok(commit)
 }
 
 // ---------------------------------------------------------------------------------------------
