@@ -447,6 +447,10 @@ pub struct TaskArgs {
     /// A job whose worker stops heartbeating for this long is re-attached by another.
     #[arg(long, env = "MAINLOOP_JOB_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub job_heartbeat_timeout: Duration,
+    /// Longest one GitHub step (a few API calls) may take before Temporal gives it to another
+    /// worker: how long a task stalls when its worker dies in the middle of one.
+    #[arg(long, env = "MAINLOOP_GITHUB_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub github_timeout: Duration,
     /// First retry delay of a failed GitHub call or job start (doubles per attempt).
     #[arg(long, env = "MAINLOOP_RETRY_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub retry_initial: Duration,

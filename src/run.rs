@@ -564,6 +564,7 @@ pub fn task_settings(tasks: &TaskArgs) -> TaskSettings {
             review_poll_max_ms: millis(tasks.review_poll_max),
             job_timeout_ms: millis(tasks.job_timeout),
             job_heartbeat_ms: millis(tasks.job_heartbeat_timeout),
+            github_timeout_ms: millis(tasks.github_timeout),
             github_retry_initial_ms: millis(tasks.retry_initial),
             github_retry_max_ms: millis(tasks.retry_max),
             history_limit: tasks.task_history_limit,

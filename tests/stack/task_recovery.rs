@@ -121,6 +121,43 @@ async fn a_worker_killed_mid_job_still_finishes_with_one_issue_one_pr_and_no_dup
     Ok(())
 }
 
+/// The plan comment reached GitHub, but the worker was killed before the answer came back.
+/// Another attempt of `github.update_issue_and_comment` (once the step's timeout,
+/// `MAINLOOP_GITHUB_TIMEOUT`, has passed) writes the body again, finds the comment by its
+/// marker instead of posting a second one, and the task goes on to its plan review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_while_its_plan_comment_is_in_flight_leaves_one_plan_comment() -> Result<()>
+{
+    let mut ts = TaskStack::start_with(&[("MAINLOOP_GITHUB_TIMEOUT", "3s")]).await?;
+    // The task's issue is the repository's first, and the plan is its first comment.
+    let held = ts
+        .github
+        .hold_next("POST", &format!("/repos/{REPO}/issues/1/comments"));
+    let id = ts.confirmed_task(json!({})).await?;
+    held.arrived(crate::tasks::TASK_WAIT).await?;
+    ts.stack.kill_worker().await?;
+    held.release();
+    let planned = |v: &mainloop_testkit::github::GitHubView<'_>| {
+        v.comments(REPO, 1).iter().any(|c| c.body.contains("📋"))
+    };
+    ts.github
+        .wait_until(crate::tasks::TASK_WAIT, planned)
+        .await?;
+    ts.stack.start_worker().await?;
+
+    ts.wait_status(&id, TaskStatus::WaitingPlanReview).await?;
+    let plans = ts
+        .github
+        .comments(REPO, 1)
+        .iter()
+        .filter(|c| c.body.contains("📋"))
+        .count();
+    assert_eq!(plans, 1);
+    assert_eq!(plain_issues(&ts), 1);
+    assert_no_duplicate_comments(&ts, &[1]);
+    Ok(())
+}
+
 /// Temporal gives up on a job's activity attempt (no heartbeat in time: here the worker is
 /// frozen; after a Temporal restart, a heartbeat it never persisted) and schedules the next
 /// attempt. The job itself is fine: the next attempt re-attaches to it under the same name, and

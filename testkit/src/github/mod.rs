@@ -267,6 +267,18 @@ impl FakeGitHub {
             .mutate(|st| st.faults.push((path_prefix.to_owned(), status)));
     }
 
+    /// Holds back the next `method` request whose path starts with `path_prefix` until
+    /// [`HeldRequest::release`]: then it is served, even if its client has hung up meanwhile
+    /// (a request that reached GitHub whose answer was lost).
+    pub fn hold_next(&self, method: &str, path_prefix: &str) -> HeldRequest {
+        let hold = Arc::new(state::Hold::default());
+        self.shared().mutate(|st| {
+            st.holds
+                .push((method.to_owned(), path_prefix.to_owned(), Arc::clone(&hold)));
+        });
+        HeldRequest { hold }
+    }
+
     /// Runs `read` on a consistent snapshot of the state. `read` must not call back into
     /// the fake: the state is locked while it runs.
     pub fn view<T>(&self, read: impl FnOnce(&GitHubView<'_>) -> T) -> T {
@@ -328,5 +340,39 @@ impl fmt::Debug for FakeGitHub {
         f.debug_struct("FakeGitHub")
             .field("base_url", &self.base_url())
             .finish_non_exhaustive()
+    }
+}
+
+/// A request the fake holds back: see [`GitHub::hold_next`].
+pub struct HeldRequest {
+    hold: Arc<state::Hold>,
+}
+
+impl HeldRequest {
+    /// Waits until the request has arrived and is being held.
+    ///
+    /// # Errors
+    /// If it does not arrive within `timeout`.
+    pub async fn arrived(&self, timeout: Duration) -> anyhow::Result<()> {
+        match tokio::time::timeout(timeout, self.hold.arrived.acquire()).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                Ok(())
+            }
+            Ok(Err(_)) => bail!("the held request's fake is gone"),
+            Err(_) => bail!("no held request arrived within {timeout:?}"),
+        }
+    }
+
+    /// Serves the held request (or the next one to match, if none arrived yet).
+    pub fn release(&self) {
+        self.hold.released.add_permits(1);
+    }
+}
+
+impl Drop for HeldRequest {
+    /// A hold is never left to block a request forever.
+    fn drop(&mut self) {
+        self.hold.released.close();
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use serde_json::{Value, json};
@@ -222,6 +222,21 @@ pub(crate) struct ReactionRec {
     pub created_at: DateTime<Utc>,
 }
 
+/// A request held back before it is served: see [`super::GitHub::hold_next`].
+pub(crate) struct Hold {
+    pub arrived: tokio::sync::Semaphore,
+    pub released: tokio::sync::Semaphore,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            arrived: tokio::sync::Semaphore::new(0),
+            released: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
 pub(crate) struct State {
     next_id: u64,
     pub bot: String,
@@ -239,6 +254,8 @@ pub(crate) struct State {
     pub requests: Vec<(String, String, u16)>,
     /// Pending injected failures: `(path prefix, status)`, each used once.
     pub faults: Vec<(String, u16)>,
+    /// Pending holds: `(method, path prefix, hold)`, each used once.
+    pub holds: Vec<(String, String, Arc<Hold>)>,
     pub graphql: Vec<GraphqlCall>,
     /// Where webhook deliveries go; none are made without one.
     pub receiver: Option<Receiver>,
@@ -263,6 +280,7 @@ impl State {
             reactions: Vec::new(),
             requests: Vec::new(),
             faults: Vec::new(),
+            holds: Vec::new(),
             graphql: Vec::new(),
             receiver: None,
             outgoing: Vec::new(),
