@@ -1411,3 +1411,37 @@ async fn webhooks_are_signed_and_follow_what_happens() -> anyhow::Result<()> {
     ensure!(statuses == [202; 5], "{statuses:?}");
     Ok(())
 }
+
+/// A held request waits for its release, and is carried out even when its client has given
+/// up meanwhile: it reached GitHub, only the answer was lost.
+#[tokio::test]
+async fn a_held_request_is_served_after_its_release_even_with_its_client_gone() -> anyhow::Result<()>
+{
+    let env = Env::new().await?;
+    let issue = env.fake.create_issue_as("mainloop-bot", REPO, "Held", "")?;
+    let path = format!("/repos/acme/widgets/issues/{issue}/comments");
+    let held = env.fake.hold_next("POST", &path);
+    // A read of the same path is not held.
+    env.bot("GET", &path, None, 200).await?;
+    let comment = json!({ "body": "landed after all" });
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        env.bot("POST", &path, Some(comment), 201),
+    );
+    let (waited, arrived) = tokio::join!(gave_up, held.arrived(Duration::from_secs(10)));
+    arrived?;
+    ensure!(waited.is_err(), "the held request was answered: {waited:?}");
+    ensure!(env.fake.comments(REPO, issue).is_empty());
+    held.release();
+    env.fake
+        .wait_until(Duration::from_secs(10), |v| {
+            v.comments(REPO, issue)
+                .iter()
+                .any(|c| c.body == "landed after all")
+        })
+        .await?;
+    // The next one is not held.
+    env.bot("POST", &path, Some(json!({ "body": "next" })), 201)
+        .await?;
+    Ok(())
+}

@@ -343,7 +343,7 @@ impl fmt::Debug for FakeGitHub {
     }
 }
 
-/// A request the fake holds back: see [`GitHub::hold_next`].
+/// A request the fake holds back: see [`FakeGitHub::hold_next`].
 pub struct HeldRequest {
     hold: Arc<state::Hold>,
 }

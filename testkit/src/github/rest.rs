@@ -249,41 +249,53 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, req: Reque
             .position(|(prefix, _)| path.starts_with(prefix.as_str()));
         at.map(|at| st.faults.remove(at).1)
     };
-    let hold = {
-        let mut st = shared.lock();
-        let at = st.holds.iter().position(|(held_method, prefix, _)| {
-            held_method.eq_ignore_ascii_case(&method) && path.starts_with(prefix.as_str())
-        });
-        at.map(|at| st.holds.remove(at).2)
-    };
     let response = match fault.map(StatusCode::from_u16) {
         Some(Ok(status)) => {
             let reason = status.canonical_reason().unwrap_or("Injected failure");
             error(status, reason).into_response()
         }
-        _ => match hold {
-            // Served on a task of its own, so a client that hangs up meanwhile (a worker
-            // killed while it waited) still gets its request carried out, as GitHub would.
-            Some(hold) => {
-                let shared = Arc::clone(&shared);
-                let served = tokio::spawn(async move {
-                    hold.arrived.add_permits(1);
-                    // Closed only with the fake itself; a closed semaphore serves at once.
-                    drop(hold.released.acquire().await);
-                    route(&shared, req).await
+        _ => {
+            let hold = {
+                let mut st = shared.lock();
+                let at = st.holds.iter().position(|(held_method, prefix, _)| {
+                    held_method.eq_ignore_ascii_case(&method) && path.starts_with(prefix.as_str())
                 });
-                match served.await {
-                    Ok(response) => response,
-                    Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "held request failed")
-                        .into_response(),
-                }
+                at.map(|at| st.holds.remove(at).2)
+            };
+            if let Some(hold) = hold {
+                return serve_held(shared, hold, req, method, path).await;
             }
-            None => route(&shared, req).await,
-        },
+            route(&shared, req).await
+        }
     };
     let status = response.status().as_u16();
     shared.mutate(|st| st.requests.push((method, path, status)));
     response
+}
+
+/// Serves a held request once it is released, on a task of its own: a client that hangs up
+/// meanwhile (a worker killed while it waited) still has its request carried out and logged,
+/// as GitHub would.
+async fn serve_held(
+    shared: Arc<Shared>,
+    hold: Arc<super::state::Hold>,
+    req: Request,
+    method: String,
+    path: String,
+) -> Response {
+    let served = tokio::spawn(async move {
+        hold.arrived.add_permits(1);
+        // Closed when the test drops its `HeldRequest`: then it is served at once.
+        drop(hold.released.acquire().await);
+        let response = route(&shared, req).await;
+        let status = response.status().as_u16();
+        shared.mutate(|st| st.requests.push((method, path, status)));
+        response
+    });
+    match served.await {
+        Ok(response) => response,
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "held request failed").into_response(),
+    }
 }
 
 async fn route(shared: &Arc<Shared>, req: Request) -> Response {

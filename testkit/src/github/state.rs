@@ -222,7 +222,7 @@ pub(crate) struct ReactionRec {
     pub created_at: DateTime<Utc>,
 }
 
-/// A request held back before it is served: see [`super::GitHub::hold_next`].
+/// A request held back before it is served: see [`super::FakeGitHub::hold_next`].
 pub(crate) struct Hold {
     pub arrived: tokio::sync::Semaphore,
     pub released: tokio::sync::Semaphore,
