@@ -175,7 +175,9 @@ fn check_branch_name(name: &str) -> Result<(), &'static str> {
     if name.starts_with('-') || name.starts_with('/') || name.ends_with('/') {
         return Err("must not start with `-` or `/`, or end with `/`");
     }
-    if name.ends_with(".lock") || name.ends_with('.') || name == "@" {
+    // git refuses `.lock` at the end of any component, not only of the whole name: a ref is a
+    // file, and `x.lock` is the name of the lock file for ref `x`.
+    if name.split('/').any(|part| part.ends_with(".lock")) || name.ends_with('.') || name == "@" {
         return Err("is not a valid branch name");
     }
     if name.contains("..") || name.contains("//") || name.contains("@{") || name.contains("/.") {
@@ -352,7 +354,8 @@ mod tests {
     #[test]
     fn branch_names_git_rejects_or_that_look_like_options_are_refused() {
         for bad in [
-            "-f", "a..b", "a b", "a~1", "x.lock", "/x", "x/", "a:b", ".hidden",
+            "-f", "a..b", "a b", "a~1", "x.lock", "a.lock/@", "x.lock/y", "/x", "x/", "a:b",
+            ".hidden",
         ] {
             let mut s = spec(Mode::Fix);
             s.branch = Some(bad.into());
