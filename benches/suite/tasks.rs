@@ -200,24 +200,10 @@ async fn task_history(temporal: &DevServer, id: &str) -> Result<Vec<Vec<String>>
         .await?;
     let mut runs = Vec::new();
     for run in run_ids(temporal, id).await? {
-        let out = temporal
-            .cli(&[
-                "workflow",
-                "show",
-                "--workflow-id",
-                &format!("task/{id}"),
-                "--run-id",
-                &run,
-                "--output",
-                "json",
-            ])
-            .await?;
-        let history: serde_json::Value = serde_json::from_str(&out)?;
         runs.push(
-            history["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            run_events(temporal, id, Some(&run))
+                .await?
+                .iter()
                 .map(|event| {
                     let kind = event["eventType"].as_str().unwrap_or("?");
                     kind.trim_start_matches("EVENT_TYPE_").to_lowercase()
@@ -226,6 +212,26 @@ async fn task_history(temporal: &DevServer, id: &str) -> Result<Vec<Vec<String>>
         );
     }
     Ok(runs)
+}
+
+/// The history events of one run of task `id`'s workflow (`None`: its latest run), as
+/// `temporal workflow show` prints them.
+async fn run_events(
+    temporal: &DevServer,
+    id: &str,
+    run: Option<&str>,
+) -> Result<Vec<serde_json::Value>> {
+    let workflow = format!("task/{id}");
+    let mut args = vec!["workflow", "show", "--workflow-id", &workflow];
+    if let Some(run) = run {
+        args.extend(["--run-id", run]);
+    }
+    args.extend(["--output", "json"]);
+    let mut history: serde_json::Value = serde_json::from_str(&temporal.cli(&args).await?)?;
+    match history["events"].take() {
+        serde_json::Value::Array(events) => Ok(events),
+        _ => bail!("no events in the history of {workflow}"),
+    }
 }
 
 /// How many events of each type `runs` hold together, most frequent first.
@@ -543,31 +549,17 @@ impl ResumeStages {
         id: &str,
         posted_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
-        let out = temporal
-            .cli(&[
-                "workflow",
-                "show",
-                "--workflow-id",
-                &format!("task/{id}"),
-                "--output",
-                "json",
-            ])
-            .await?;
-        let history: serde_json::Value = serde_json::from_str(&out)?;
-        let events: Vec<(String, chrono::DateTime<chrono::Utc>, &serde_json::Value)> =
-            history["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|event| {
-                    let kind = event["eventType"]
-                        .as_str()?
-                        .trim_start_matches("EVENT_TYPE_");
-                    let at =
-                        chrono::DateTime::parse_from_rfc3339(event["eventTime"].as_str()?).ok()?;
-                    Some((kind.to_owned(), at.to_utc(), event))
-                })
-                .collect();
+        let history = run_events(temporal, id, None).await?;
+        let events: Vec<(String, chrono::DateTime<chrono::Utc>, &serde_json::Value)> = history
+            .iter()
+            .filter_map(|event| {
+                let kind = event["eventType"]
+                    .as_str()?
+                    .trim_start_matches("EVENT_TYPE_");
+                let at = chrono::DateTime::parse_from_rfc3339(event["eventTime"].as_str()?).ok()?;
+                Some((kind.to_owned(), at.to_utc(), event))
+            })
+            .collect();
         let signal = events
             .iter()
             .position(|(kind, _, event)| {

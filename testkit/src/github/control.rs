@@ -389,12 +389,7 @@ impl FakeGitHub {
                 merger,
             )
         };
-        let tips = git::refresh_tips(self.shared(), &key).await?;
-        let head_sha = tips
-            .get(&head)
-            .cloned()
-            .with_context(|| format!("head branch {head} is gone"))?;
-        let sha = git::merge(self.shared(), &key, &base, &head, &message).await?;
+        let (sha, head_sha) = git::merge(self.shared(), &key, &base, &head, &message).await?;
         self.shared().mutate(|st| {
             let at = now();
             if let Some(issue) = st.issue_mut(&key, number) {

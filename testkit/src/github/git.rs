@@ -255,7 +255,7 @@ pub(crate) async fn commits(
 /// Merges `head` into `base` with a merge commit, as GitHub's merge button does: on the server,
 /// in the bare repository, with no clone or worktree (`merge-tree`, `commit-tree`, then
 /// `update-ref` from the base's old tip, so a push that moved the base meanwhile fails the
-/// merge instead of being lost). Returns the merge commit's SHA.
+/// merge instead of being lost). Returns the merge commit's SHA and the head's tip it merged.
 ///
 /// A clone, merge and push took about 140 ms a merge and grew with the repository; a person
 /// merging sixty pull requests made it most of a throughput benchmark's time.
@@ -265,22 +265,25 @@ pub(crate) async fn merge(
     base: &str,
     head: &str,
     message: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, String)> {
     let bare = shared.bare_path(key);
     let home = &shared.git_home;
     let (base_ref, head_ref) = (format!("refs/heads/{base}"), format!("refs/heads/{head}"));
-    let base_tip = run(
-        home,
-        &bare,
-        &["rev-parse", "--verify", "--end-of-options", &base_ref],
-    )
-    .await?;
-    let head_tip = run(
-        home,
-        &bare,
-        &["rev-parse", "--verify", "--end-of-options", &head_ref],
-    )
-    .await?;
+    let verify = |reference| {
+        [
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            reference,
+        ]
+    };
+    let base_tip = run(home, &bare, &verify(base_ref.as_str()))
+        .await
+        .with_context(|| format!("base branch {base} is gone"))?;
+    let head_tip = run(home, &bare, &verify(head_ref.as_str()))
+        .await
+        .with_context(|| format!("head branch {head} is gone"))?;
     let tree = match run(
         home,
         &bare,
@@ -288,7 +291,7 @@ pub(crate) async fn merge(
     )
     .await
     {
-        // On a conflict `merge-tree` exits 1 and prints the tree, then the conflicts.
+        // The tree's id is the first line; a conflict is exit status 1, the error arm.
         Ok(out) => out.lines().next().unwrap_or_default().to_owned(),
         Err(error) => bail!("{head} does not merge cleanly into {base}: {error:#}"),
     };
@@ -308,7 +311,7 @@ pub(crate) async fn merge(
     )
     .await?;
     run(home, &bare, &["update-ref", &base_ref, &commit, &base_tip]).await?;
-    Ok(commit)
+    Ok((commit, head_tip))
 }
 
 // ---------------------------------------------------------------------------------------------
