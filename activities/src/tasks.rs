@@ -24,6 +24,7 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::chat::NoteLine;
 use crate::errors::{permanent, retryable, store_error};
 use crate::github::{CiState, CommentKind, GitHub, GitHubError, IssueUpdate, PullState};
 use crate::governor::{Governor, GovernorSettings, MODEL_SCOPE, says_rate_limited};
@@ -94,8 +95,10 @@ pub struct TaskConfig {
 /// the old code; once a change is part of a level, only runs that started before the level
 /// existed still ask. Level 1: the five task patches up to `human-wait-timer-cancelled`, and
 /// GitHub calls that go together made in one activity (`github.start`,
-/// `github.update_issue_and_comment`, `github.mark_ready_and_comment`).
-pub const TASK_BEHAVIOUR: u32 = 1;
+/// `github.update_issue_and_comment`, `github.mark_ready_and_comment`). Level 2: the task
+/// writes its news to the user's thread with its status (`task.record`) instead of
+/// signalling the main thread.
+pub const TASK_BEHAVIOUR: u32 = 2;
 
 impl Default for TaskConfig {
     fn default() -> Self {
@@ -212,6 +215,10 @@ pub struct RecordInput {
     pub projection: TaskProjection,
     #[serde(default)]
     pub raise: Option<NewInboxItem>,
+    /// A line for the user's thread, written with the status (behaviour level 2): keyed, so
+    /// a retried record adds it once.
+    #[serde(default)]
+    pub note: Option<NoteLine>,
 }
 
 /// The repository as the task uses it.
@@ -547,6 +554,12 @@ impl TaskActivities {
             )
             .await
             .map_err(store_error)?;
+        if let Some(note) = &input.note {
+            self.store
+                .add_note(&input.task.user, &note.key, &note.text)
+                .await
+                .map_err(store_error)?;
+        }
         Ok(())
     }
 

@@ -452,7 +452,8 @@ async fn task_from_questions_to_merge() -> Result<()> {
         .collect();
     assert_eq!(queues, ["mainloop-intake", "mainloop"]);
     // Runs that start at behaviour level 1 ask no patch, and make the GitHub calls that go
-    // together in one activity each.
+    // together in one activity each; at level 2 they write their news to the thread with
+    // their status, and signal nobody.
     let runs: Vec<Value> = histories(&ts.stack, &workflow)
         .await?
         .iter()
@@ -467,6 +468,13 @@ async fn task_from_questions_to_merge() -> Result<()> {
         .filter(|e| e["attributes"]["MarkerRecordedEventAttributes"]["marker_name"] == "core_patch")
         .count();
     assert_eq!(patches, 0, "patch markers in a level-1 task");
+    let signals = events
+        .iter()
+        .filter(|e| {
+            e["attributes"]["SignalExternalWorkflowExecutionInitiatedEventAttributes"].is_object()
+        })
+        .count();
+    assert_eq!(signals, 0, "signals sent by a level-2 task");
     let scheduled = |name: &str| {
         events
             .iter()
@@ -491,13 +499,14 @@ async fn task_from_questions_to_merge() -> Result<()> {
     // The corpus keeps the histories this scenario recorded before: `from_questions_to_merge`
     // from before the intake queue (a task that never moves), `…_via_intake` from before
     // `implementing` was recorded at the approval, `…_implementing_at_approval` from before a
-    // wait for a person cancelled its poll timer, and `…_human_timers_cancelled` from before
-    // behaviour levels (its runs ask each patch).
+    // wait for a person cancelled its poll timer, `…_human_timers_cancelled` from before
+    // behaviour levels (its runs ask each patch), and `…_level_1` from before level 2 (its
+    // runs signal the main thread their news).
     keep_workflow(
         &ts.stack,
         &workflow,
         "task",
-        "from_questions_to_merge_level_1",
+        "from_questions_to_merge_level_2",
     )
     .await?;
     settle(&ts.stack, 1).await?;

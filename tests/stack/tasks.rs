@@ -574,7 +574,7 @@ async fn a_confirmed_proposal_goes_from_plan_to_a_merged_pr() -> Result<()> {
     ts.github.merge_pr(REPO, pr_number).await?;
     let task = ts.wait_status(&id, TaskStatus::Merged).await?;
     assert!(task.completed_at.is_some());
-    // The chat was told: the main thread says each task event once.
+    // The chat was told: each task event is said once.
     let notes = ts
         .wait_for(|| async {
             let notes: Vec<String> = ts

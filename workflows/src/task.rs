@@ -9,14 +9,15 @@
 //! Human input arrives as signals (`answers`, `plan_review`, `retry`, `cancel`) with raw
 //! payloads validated here, de-duplicated by id; the same decisions can also be written on
 //! GitHub, where only people with write access count. Status changes are written to the store
-//! through a local activity and told to the main thread as `task_event` signals.
+//! through a local activity, with the line the user's thread gets for news (runs before
+//! behaviour level 2 told the main thread instead, as `task_event` signals).
 
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::time::Duration;
 
 use futures::FutureExt as _;
-use mainloop_activities::chat::ActivityTiming;
+use mainloop_activities::chat::{ActivityTiming, NoteLine};
 use mainloop_activities::task_text::{self, LedgerEntry};
 use mainloop_activities::tasks::{
     CheckInput, CiVerdict, CloseInput, CommentBody, CommentInfo, CommentInput, GitHubReply,
@@ -565,6 +566,17 @@ fn task_ref(ctx: &Ctx) -> TaskRef {
 /// Writes the task's status (and an inbox item) to the store, the search attributes and the
 /// Web UI's details.
 async fn record(ctx: &Ctx, status: TaskStatus, detail: &str, raise: Option<NewInboxItem>) {
+    record_with_note(ctx, status, detail, raise, None).await;
+}
+
+/// [`record`], adding `note` to the user's thread in the same local activity.
+async fn record_with_note(
+    ctx: &Ctx,
+    status: TaskStatus,
+    detail: &str,
+    raise: Option<NewInboxItem>,
+    note: Option<NoteLine>,
+) {
     let projection = ctx.state_mut(|s| {
         s.mem.status = Some(status);
         s.mem.detail = detail.to_string();
@@ -610,6 +622,7 @@ async fn record(ctx: &Ctx, status: TaskStatus, detail: &str, raise: Option<NewIn
                 task: task_ref(ctx),
                 projection,
                 raise,
+                note,
             },
             local(),
         )
@@ -620,11 +633,17 @@ async fn record(ctx: &Ctx, status: TaskStatus, detail: &str, raise: Option<NewIn
     }
 }
 
-/// Tells the main thread, which says it in the chat once per `key`.
+/// The key of a task's line in the thread: said once per task and `key`.
+fn note_key(ctx: &Ctx, key: &str) -> String {
+    ctx.state(|s| format!("{}/{key}", s.task_id))
+}
+
+/// Tells the main thread, which says it in the chat once per `key` (runs below behaviour
+/// level 2; later ones write the line with their status).
 async fn note(ctx: &Ctx, key: &str, text: String) {
     let (user, task_id) = ctx.state(|s| (s.user.clone(), s.task_id.clone()));
     let payload = serde_json::json!({
-        "id": format!("{task_id}/{key}"),
+        "id": note_key(ctx, key),
         "task_id": task_id,
         "text": text,
     });
@@ -663,8 +682,20 @@ async fn announce(ctx: &Ctx, status: TaskStatus, detail: &str, news: News) {
         url: news.url,
         resolved: news.kind == InboxKind::Done,
     };
-    record(ctx, status, detail, Some(item)).await;
-    note(ctx, &news.key, news.note).await;
+    // A signal per line cost the task a command and a workflow task to learn it was
+    // delivered, and the main thread a workflow task each: a thousand tasks reporting at
+    // once kept the thread from starting a new task for a minute (the fault suite's
+    // `parked`). The store takes the line directly, keyed as the thread keyed it.
+    if at_level(ctx, 2) {
+        let line = NoteLine {
+            key: note_key(ctx, &news.key),
+            text: news.note,
+        };
+        record_with_note(ctx, status, detail, Some(item), Some(line)).await;
+    } else {
+        record(ctx, status, detail, Some(item)).await;
+        note(ctx, &news.key, news.note).await;
+    }
 }
 
 fn github_options(config: &TaskConfig) -> ActivityOptions {
@@ -681,7 +712,8 @@ fn github_options(config: &TaskConfig) -> ActivityOptions {
 /// started on a worker at that level or later (`TaskConfig::behaviour`, recorded with the
 /// run's config, so a replay sees the level the run started with). Runs recorded before
 /// levels existed are at 0 and ask, as they always did. Level 1 holds the five patches below
-/// and GitHub calls that go together made in one activity.
+/// and GitHub calls that go together made in one activity; level 2, task news written with
+/// the status instead of signalled to the main thread.
 fn at_level(ctx: &Ctx, level: u32) -> bool {
     ctx.state(|s| s.behaviour >= level)
 }
