@@ -147,7 +147,7 @@ pub fn run(session: &Session<'_>, slot: &ChildSlot) -> Result<Transcript, Sessio
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        kill(&mut child);
+        crate::tree::kill(&mut child);
         return Err(SessionError::Spawn(
             "the Claude Code CLI started without its pipes".to_owned(),
         ));
@@ -256,15 +256,6 @@ fn send(stdin: &mut Option<ChildStdin>, message: &Value) {
         // The CLI has gone; its exit and stderr tell the rest.
         output::agent(format!("cannot write to Claude Code: {error}"));
         *stdin = None;
-    }
-}
-
-fn kill(child: &mut Child) {
-    if let Err(error) = child.kill() {
-        output::agent(format!("cannot kill Claude Code: {error}"));
-    }
-    if let Err(error) = child.wait() {
-        output::agent(format!("cannot reap Claude Code: {error}"));
     }
 }
 

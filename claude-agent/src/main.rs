@@ -13,6 +13,7 @@ mod output;
 mod prompt;
 mod run;
 mod signals;
+mod tree;
 
 use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
@@ -47,10 +48,8 @@ fn main() -> ExitCode {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
-            if let Some(mut child) = child
-                && let Err(error) = child.kill()
-            {
-                output::agent(format!("cannot kill Claude Code: {error}"));
+            if let Some(mut child) = child {
+                tree::kill(&mut child);
             }
             output::failed("the agent crashed (see its stderr)", true)
         });

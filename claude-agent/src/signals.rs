@@ -4,14 +4,14 @@
 //!
 //! A thread waits for either signal with a small tokio runtime (the only safe way to catch a
 //! signal without `unsafe`), then writes a retryable failure as the result (unless the result
-//! is already out), kills the CLI if one is running and exits.
+//! is already out), kills the CLI and the commands it runs, if any, and exits.
 
 use std::sync::PoisonError;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::claude::ChildSlot;
-use crate::output;
+use crate::{output, tree};
 
 /// Starts watching. Signals that arrive before the thread gets going are not lost: the
 /// handlers are installed before this returns.
@@ -47,11 +47,7 @@ pub fn watch(slot: ChildSlot) -> std::io::Result<()> {
             ));
             let child = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
             if let Some(mut child) = child {
-                if let Err(error) = child.kill() {
-                    eprintln!("mainloop-agent: cannot kill Claude Code: {error}");
-                } else if let Err(error) = child.wait() {
-                    eprintln!("mainloop-agent: cannot reap Claude Code: {error}");
-                }
+                tree::kill(&mut child);
             }
             // The step may have finished just before the signal; the exit code follows
             // whichever result went out.

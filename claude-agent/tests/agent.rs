@@ -680,3 +680,72 @@ async fn sigterm_stops_claude_and_still_reports_a_result() {
     assert!(error.contains("stopped by SIGTERM"), "{error}");
     assert!(retryable);
 }
+
+/// Whether `pid` still runs (a zombie has ended; only its parent has yet to reap it).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, fields)| fields.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_also_stops_the_command_claude_is_running() {
+    let fx = Fixture::new().await;
+    let pid_file = fx.path("command.pid");
+    // Claude Code runs each Bash command in a session of its own: killing the CLI alone left
+    // this loop running for good.
+    fx.fake.push(Reply::tool_use(
+        "Bash",
+        json!({
+            "command": format!(
+                "echo $$ > {}; while true; do sleep 0.1; done",
+                pid_file.display()
+            ),
+            "description": "Run until stopped",
+        }),
+    ));
+    let child = fx.command(&fx.spec(Mode::Implement)).spawn().unwrap();
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    let pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(&pid_file)
+            && !pid.trim().is_empty()
+        {
+            break pid.trim().to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let agent = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &agent])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the agent ignored SIGTERM")
+        .unwrap();
+    // A signal is delivered when its target is next scheduled: moments, not seconds.
+    let gone_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    while running(&pid) && tokio::time::Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let still_running = running(&pid);
+    if still_running {
+        // Not left behind by a failing test either.
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .expect("kill");
+    }
+    assert!(!still_running, "the command Claude ran outlived the agent");
+    let run = fx.parse(output);
+    let (error, _) = run.failed();
+    assert!(error.contains("stopped by SIGTERM"), "{error}");
+}
