@@ -647,14 +647,17 @@ impl Store {
             } else {
                 None
             };
-            sqlx::query(
+            // Each statement is a round trip inside the write transaction, and a task records
+            // on every status: the rows changed come back with RETURNING instead of being read
+            // again.
+            let row: Option<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE tasks SET status = $1, detail = $2, error = $3, failed_phase = $4, \
                  issue_number = $5, issue_url = $6, branch = $7, pr_number = $8, pr_url = $9, \
                  questions = $10, ci_fixes = $11, updated_at = $12, completed_at = $13, \
                  pending_input = CASE WHEN $16 THEN NULL ELSE pending_input END, \
                  ci_attempts = $17, max_tokens = $18, max_cost_usd = $19, max_ci_attempts = $20 \
-                 WHERE id = $14 AND user_id = $15",
-            )
+                 WHERE id = $14 AND user_id = $15 RETURNING {TASK_COLUMNS}"
+            )))
             .bind(status.as_str())
             .bind(&projection.detail)
             .bind(&projection.error)
@@ -676,43 +679,37 @@ impl Store {
             .bind(projection.budget.max_tokens)
             .bind(projection.budget.max_cost_usd)
             .bind(projection.budget.max_ci_attempts)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            let task = select_task!(&mut *tx, user, id);
+            let task = row.ok_or(StoreError::NotFound)?.into_task()?;
             let mut events = Vec::new();
             if task_changed(&before, &task) {
                 events.push(NewEvent::new(event_kind::TASK_UPDATED, &task));
             }
             // Everything the task asked of the user before is settled by its moving on.
-            let open: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM inbox_items WHERE user_id = $1 AND task_id = $2 \
-                 AND resolved = FALSE AND ($3 IS NULL OR id <> $3)",
-            )
+            let mut settled: Vec<InboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "UPDATE inbox_items SET resolved = TRUE, unread = FALSE, resolved_at = $1, \
+                 updated_at = $1 WHERE user_id = $2 AND task_id = $3 AND resolved = FALSE \
+                 AND ($4 IS NULL OR id <> $4) RETURNING {INBOX_COLUMNS}"
+            )))
+            .bind(at)
             .bind(user)
             .bind(id)
             .bind(raise.map(|item| item.id.as_str()))
             .fetch_all(&mut *tx)
             .await?;
-            for item_id in open {
-                sqlx::query(
-                    "UPDATE inbox_items SET resolved = TRUE, unread = FALSE, resolved_at = $1, \
-                     updated_at = $1 WHERE id = $2 AND user_id = $3",
-                )
-                .bind(at)
-                .bind(&item_id)
-                .bind(user)
-                .execute(&mut *tx)
-                .await?;
-                let item = select_inbox!(&mut *tx, user, &item_id);
-                events.push(NewEvent::new(event_kind::INBOX_UPDATED, &item));
+            // RETURNING promises no order; the events go out in the items' order, as before.
+            settled.sort_by(|a, b| a.id.cmp(&b.id));
+            for row in settled {
+                events.push(NewEvent::new(event_kind::INBOX_UPDATED, &row.into_item()?));
             }
             if let Some(item) = raise {
-                let inserted = sqlx::query(
+                let inserted: Option<InboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO inbox_items (id, user_id, task_id, kind, title, body, url, \
                      unread, resolved, created_at, updated_at, resolved_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE, $8, $9, $9, $10) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
+                     ON CONFLICT (id) DO NOTHING RETURNING {INBOX_COLUMNS}"
+                )))
                 .bind(&item.id)
                 .bind(user)
                 .bind(id)
@@ -723,12 +720,10 @@ impl Store {
                 .bind(item.resolved)
                 .bind(at)
                 .bind(item.resolved.then_some(at))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted > 0 {
-                    let item = select_inbox!(&mut *tx, user, &item.id);
-                    events.push(NewEvent::new(event_kind::INBOX_UPDATED, &item));
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = inserted {
+                    events.push(NewEvent::new(event_kind::INBOX_UPDATED, &row.into_item()?));
                 }
             }
             insert_events!(tx, pg, user, &events);
