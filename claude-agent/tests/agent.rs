@@ -651,6 +651,21 @@ async fn a_missing_branch_or_an_invalid_spec_fails_for_good() {
     assert!(fx.fake.requests().is_empty());
 }
 
+/// Sends the running agent SIGTERM and waits for it to exit.
+async fn terminate(child: tokio::process::Child) -> std::process::Output {
+    let pid = child.id().expect("the agent already exited").to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("cannot run kill");
+    assert!(killed.success());
+    tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the agent ignored SIGTERM")
+        .expect("cannot read the agent's output")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_claude_and_still_reports_a_result() {
     let fx = Fixture::new().await;
@@ -662,19 +677,7 @@ async fn sigterm_stops_claude_and_still_reports_a_result() {
         .wait_for_requests(1, RUN_TIMEOUT)
         .await
         .expect("Claude never called the API");
-    let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-
-    let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("the agent ignored SIGTERM")
-        .unwrap();
-    let run = fx.parse(output);
+    let run = fx.parse(terminate(child).await);
 
     let (error, retryable) = run.failed();
     assert!(error.contains("stopped by SIGTERM"), "{error}");
@@ -720,17 +723,7 @@ async fn sigterm_also_stops_the_command_claude_is_running() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let agent = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &agent])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("the agent ignored SIGTERM")
-        .unwrap();
+    let output = terminate(child).await;
     // A signal is delivered when its target is next scheduled: moments, not seconds.
     let gone_by = tokio::time::Instant::now() + Duration::from_secs(10);
     while running(&pid) && tokio::time::Instant::now() < gone_by {
