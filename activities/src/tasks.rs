@@ -215,8 +215,8 @@ pub struct RecordInput {
     pub projection: TaskProjection,
     #[serde(default)]
     pub raise: Option<NewInboxItem>,
-    /// A line for the user's thread, written with the status (behaviour level 2): keyed, so
-    /// a retried record adds it once.
+    /// A line for the user's thread, written with the status in one transaction (behaviour
+    /// level 2): keyed, so a retried record adds it once.
     #[serde(default)]
     pub note: Option<NoteLine>,
 }
@@ -546,20 +546,18 @@ impl TaskActivities {
         input: RecordInput,
     ) -> Result<(), ActivityError> {
         self.store
-            .record_task(
+            .record_task_with_note(
                 &input.task.user,
                 &input.task.task_id,
                 &input.projection,
                 input.raise.as_ref(),
+                input
+                    .note
+                    .as_ref()
+                    .map(|note| (note.key.as_str(), note.text.as_str())),
             )
             .await
             .map_err(store_error)?;
-        if let Some(note) = &input.note {
-            self.store
-                .add_note(&input.task.user, &note.key, &note.text)
-                .await
-                .map_err(store_error)?;
-        }
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use crate::{Result, Store, StoreError, begin_write, db, now};
 /// The outbox signal that hands a user message to the main thread.
 pub const SIGNAL_MESSAGE: &str = "message";
 
-const MESSAGE_COLUMNS: &str = "seq, id, role, kind, content, status, reply_to, model, \
+pub(crate) const MESSAGE_COLUMNS: &str = "seq, id, role, kind, content, status, reply_to, model, \
      input_tokens, output_tokens, cache_tokens, cost_usd, created_at, completed_at, \
      idempotency_key";
 
@@ -39,7 +39,7 @@ pub(crate) struct MessageRow {
 }
 
 impl MessageRow {
-    fn into_message(self, proposals: Vec<Proposal>) -> Result<Message> {
+    pub(crate) fn into_message(self, proposals: Vec<Proposal>) -> Result<Message> {
         let role = match self.role.as_str() {
             "user" => Role::User,
             "assistant" => Role::Assistant,
@@ -88,7 +88,69 @@ impl MessageRow {
 }
 
 /// The task a note is about: notes are keyed `note:{task_id}/{occasion}` (see `add_note`).
-fn note_task_id(key: &str) -> Option<String> {
+/// Inside an open write transaction: adds the note `text` to `user`'s thread once per `key`.
+/// Evaluates to the note and whether it was added now (false: it was there already, and that
+/// one is returned); the caller appends its `message.created` event.
+macro_rules! insert_note {
+    ($tx:expr, $user:expr, $key:expr, $text:expr) => {{
+        let user: &str = $user;
+        let text: &str = $text;
+        let idempotency_key = format!("note:{}", $key);
+        let existing: Option<$crate::messages::MessageRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM messages WHERE user_id = $1 AND idempotency_key = $2",
+                $crate::messages::MESSAGE_COLUMNS
+            )))
+            .bind(user)
+            .bind(&idempotency_key)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        if let Some(row) = existing {
+            (row.into_message(Vec::new())?, false)
+        } else {
+            let at = $crate::now();
+            sqlx::query(
+                "INSERT INTO threads (user_id, created_at, updated_at) VALUES ($1, $2, $2) \
+                 ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(user)
+            .bind(at)
+            .execute(&mut *$tx)
+            .await?;
+            let id = $crate::messages::new_message_id();
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO messages (id, user_id, role, kind, content, status, \
+                 idempotency_key, created_at, completed_at) \
+                 VALUES ($1, $2, 'assistant', 'note', $3, 'complete', $4, $5, $5) RETURNING seq",
+            )
+            .bind(&id)
+            .bind(user)
+            .bind(text)
+            .bind(&idempotency_key)
+            .bind(at)
+            .fetch_one(&mut *$tx)
+            .await?;
+            let message = $crate::model::Message {
+                id,
+                seq,
+                role: $crate::model::Role::Assistant,
+                kind: $crate::model::MessageKind::Note,
+                content: text.to_string(),
+                status: $crate::model::MessageStatus::Complete,
+                reply_to: None,
+                created_at: at,
+                completed_at: Some(at),
+                usage: None,
+                proposals: Vec::new(),
+                task_id: $crate::messages::note_task_id(&idempotency_key),
+            };
+            (message, true)
+        }
+    }};
+}
+pub(crate) use insert_note;
+
+pub(crate) fn note_task_id(key: &str) -> Option<String> {
     let (task_id, _) = key.strip_prefix("note:")?.split_once('/')?;
     (!task_id.is_empty()).then(|| task_id.to_string())
 }
@@ -111,7 +173,7 @@ pub struct Accepted {
     pub replayed: bool,
 }
 
-fn new_message_id() -> String {
+pub(crate) fn new_message_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
@@ -232,56 +294,10 @@ impl Store {
     /// Adds a short assistant note to the thread (a task event said in the chat), once per
     /// `key`: a repeated note returns the first.
     pub async fn add_note(&self, user: &str, key: &str, text: &str) -> Result<Message> {
-        let idempotency_key = format!("note:{key}");
         let (message, added) = db!(self, |pool, pg| {
             let mut tx = begin_write!(pool, pg)?;
-            let existing: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = $1 AND idempotency_key = $2"
-            )))
-            .bind(user)
-            .bind(&idempotency_key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                tx.rollback().await?;
-                (row.into_message(Vec::new())?, false)
-            } else {
-                let at = now();
-                sqlx::query(
-                    "INSERT INTO threads (user_id, created_at, updated_at) VALUES ($1, $2, $2) \
-                     ON CONFLICT (user_id) DO NOTHING",
-                )
-                .bind(user)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-                let id = new_message_id();
-                let seq: i64 = sqlx::query_scalar(
-                    "INSERT INTO messages (id, user_id, role, kind, content, status, \
-                     idempotency_key, created_at, completed_at) \
-                     VALUES ($1, $2, 'assistant', 'note', $3, 'complete', $4, $5, $5) RETURNING seq",
-                )
-                .bind(&id)
-                .bind(user)
-                .bind(text)
-                .bind(&idempotency_key)
-                .bind(at)
-                .fetch_one(&mut *tx)
-                .await?;
-                let message = Message {
-                    id,
-                    seq,
-                    role: Role::Assistant,
-                    kind: MessageKind::Note,
-                    content: text.to_string(),
-                    status: MessageStatus::Complete,
-                    reply_to: None,
-                    created_at: at,
-                    completed_at: Some(at),
-                    usage: None,
-                    proposals: Vec::new(),
-                    task_id: note_task_id(&idempotency_key),
-                };
+            let (message, added) = insert_note!(tx, user, key, text);
+            if added {
                 insert_events!(
                     tx,
                     pg,
@@ -289,8 +305,10 @@ impl Store {
                     &[NewEvent::new(event_kind::MESSAGE_CREATED, &message)]
                 );
                 tx.commit().await?;
-                (message, true)
+            } else {
+                tx.rollback().await?;
             }
+            (message, added)
         });
         if added {
             self.wake_events();

@@ -8,6 +8,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::events::insert_events;
+use crate::messages::insert_note;
 use crate::model::{NewEvent, Proposal, ProposalStatus, event_kind};
 use crate::outbox::insert_outbox;
 use crate::proposals::{SIGNAL_PROPOSAL_DECISION, pending_proposal};
@@ -629,6 +630,21 @@ impl Store {
         projection: &TaskProjection,
         raise: Option<&NewInboxItem>,
     ) -> Result<Task> {
+        self.record_task_with_note(user, id, projection, raise, None)
+            .await
+    }
+
+    /// [`Store::record_task`], adding `note` (`(key, text)`, once per key, as
+    /// [`Store::add_note`] does) to the user's thread in the same transaction: a task's news
+    /// lands with the status it belongs to.
+    pub async fn record_task_with_note(
+        &self,
+        user: &str,
+        id: &str,
+        projection: &TaskProjection,
+        raise: Option<&NewInboxItem>,
+        note: Option<(&str, &str)>,
+    ) -> Result<Task> {
         let task = db!(self, |pool, pg| {
             let mut tx = begin_write!(pool, pg)?;
             let at = now();
@@ -724,6 +740,12 @@ impl Store {
                 .await?;
                 if let Some(row) = inserted {
                     events.push(NewEvent::new(event_kind::INBOX_UPDATED, &row.into_item()?));
+                }
+            }
+            if let Some((key, text)) = note {
+                let (message, added) = insert_note!(tx, user, key, text);
+                if added {
+                    events.push(NewEvent::new(event_kind::MESSAGE_CREATED, &message));
                 }
             }
             insert_events!(tx, pg, user, &events);

@@ -87,6 +87,7 @@ on_both!(
     job_logs_and_costs_are_counted_once,
     a_webhook_delivery_nudges_the_tasks_it_names_once,
     notes_name_the_task_they_are_about,
+    a_task_records_its_news_with_its_status_once,
     tasks_are_counted_by_status_for_every_status,
     rate_limits_only_ever_extend,
 );
@@ -1251,6 +1252,47 @@ async fn notes_name_the_task_they_are_about(store: &Store) -> Result<()> {
     let listed = store.list_messages("alice", None, 10).await?;
     let ids: Vec<_> = listed.iter().map(|m| m.task_id.as_deref()).collect();
     assert_eq!(ids, [Some("task-7"), None]);
+    Ok(())
+}
+
+/// A task's news lands in the thread with the status it belongs to, and a retried record
+/// (the same key) adds no second line and announces none.
+async fn a_task_records_its_news_with_its_status_once(store: &Store) -> Result<()> {
+    let task = confirmed_task(store, "t1").await?;
+    let waiting = TaskProjection {
+        status: Some(TaskStatus::WaitingPlanReview),
+        detail: "plan ready".into(),
+        ..TaskProjection::default()
+    };
+    let key = format!("{}/plan-ready", task.id);
+    for _ in 0..2 {
+        let recorded = store
+            .record_task_with_note(
+                "alice",
+                &task.id,
+                &waiting,
+                None,
+                Some((key.as_str(), "Plan ready")),
+            )
+            .await?;
+        assert_eq!(recorded.status, TaskStatus::WaitingPlanReview);
+    }
+    let notes: Vec<_> = store
+        .list_messages("alice", None, 50)
+        .await?
+        .into_iter()
+        .filter(|m| m.kind == MessageKind::Note)
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].content, "Plan ready");
+    assert_eq!(notes[0].task_id.as_deref(), Some(task.id.as_str()));
+    let created = store
+        .events_after("alice", 0, 100)
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == "message.created" && e.data["kind"] == "note")
+        .count();
+    assert_eq!(created, 1);
     Ok(())
 }
 
