@@ -49,12 +49,17 @@ pub async fn run(
         () = shutdown.cancelled() => None,
     };
     let Some(client) = client else { return };
+    // Names this relay's claims, so it can take back a claim whose answer it lost.
+    let relay = format!("relay-{}", uuid::Uuid::new_v4());
     let mut store_backoff = RetryBackoff::default();
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        let items = match store.claim_outbox(settings.batch, settings.lease).await {
+        let items = match store
+            .claim_outbox(&relay, settings.batch, settings.lease)
+            .await
+        {
             Ok(items) => {
                 store_backoff.reset();
                 items

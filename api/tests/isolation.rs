@@ -395,7 +395,9 @@ async fn bob_sees_and_touches_nothing_of_alices() -> anyhow::Result<()> {
     let bobs = store.list_messages("bob", None, 10).await?;
     assert_eq!(bobs.len(), 1);
     assert_eq!(bobs[0].content, "bob's own message");
-    let outbox = store.claim_outbox(100, Duration::from_secs(60)).await?;
+    let outbox = store
+        .claim_outbox("test-relay", 100, Duration::from_secs(60))
+        .await?;
     let bob_items: Vec<_> = outbox.iter().filter(|i| i.user_id == "bob").collect();
     assert_eq!(bob_items.len(), 1, "{outbox:?}");
     assert_eq!(bob_items[0].workflow_id, "main-thread/bob");

@@ -500,7 +500,7 @@ async fn a_valid_post_is_stored_once_per_idempotency_key() {
     assert_eq!(events[0].data, message);
     let outbox = api
         .store
-        .claim_outbox(10, Duration::from_secs(60))
+        .claim_outbox("test-relay", 10, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(outbox.len(), 1);
@@ -1209,7 +1209,7 @@ async fn rejecting_proposals() {
     assert_eq!(events[0].data, proposal);
     let claimed = api
         .store
-        .claim_outbox(100, Duration::from_secs(60))
+        .claim_outbox("test-relay", 100, Duration::from_secs(60))
         .await
         .unwrap();
     let decisions: Vec<_> = claimed

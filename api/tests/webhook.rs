@@ -75,7 +75,7 @@ async fn open_task(store: &Store) -> String {
         .await
         .expect("recorded");
     for item in store
-        .claim_outbox(50, Duration::from_secs(60))
+        .claim_outbox("test-relay", 50, Duration::from_secs(60))
         .await
         .expect("claim")
     {

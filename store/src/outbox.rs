@@ -48,10 +48,19 @@ struct OutboxRow {
 }
 
 impl Store {
-    /// Claims up to `limit` items that are due, leasing them for `lease`; an item is due only
-    /// if no earlier undelivered item of the same workflow is waiting for a retry. Items for
-    /// main threads are claimed first. Items come back in id order.
-    pub async fn claim_outbox(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxItem>> {
+    /// Claims up to `limit` items for the relay `relay`, leasing them for `lease`. An item is
+    /// due when its time has come, or when `relay` itself holds it: a relay claims again only
+    /// once it has settled everything of its last claim, so what it still holds is a claim
+    /// whose answer it never got (the database went down as the claim committed). Without
+    /// taking those back, the user's thread stalled for the whole lease. An item is held back
+    /// while an earlier undelivered item of its workflow waits for a retry. Items for main
+    /// threads are claimed first. Items come back in id order.
+    pub async fn claim_outbox(
+        &self,
+        relay: &str,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<OutboxItem>> {
         let at = now();
         let lease_until = at + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         let mut rows: Vec<OutboxRow> = db!(self, |pool, pg| {
@@ -63,13 +72,15 @@ impl Store {
                     .await?;
             }
             let rows = sqlx::query_as(
-                "UPDATE outbox SET available_at = $1, attempts = attempts + 1 \
+                "UPDATE outbox SET available_at = $1, attempts = attempts + 1, claimed_by = $5 \
                  WHERE id IN ( \
                    SELECT o.id FROM outbox o \
-                   WHERE o.delivered_at IS NULL AND o.available_at <= $2 \
+                   WHERE o.delivered_at IS NULL \
+                   AND (o.available_at <= $2 OR o.claimed_by = $5) \
                    AND NOT EXISTS ( \
                      SELECT 1 FROM outbox p WHERE p.workflow_id = o.workflow_id \
-                     AND p.delivered_at IS NULL AND p.id < o.id AND p.available_at > $2) \
+                     AND p.delivered_at IS NULL AND p.id < o.id AND p.available_at > $2 \
+                     AND COALESCE(p.claimed_by, '') <> $5) \
                    ORDER BY CASE WHEN o.workflow_id LIKE $4 THEN 0 ELSE 1 END, o.id LIMIT $3) \
                  RETURNING id, user_id, workflow_id, signal, payload, attempts",
             )
@@ -77,6 +88,7 @@ impl Store {
             .bind(at)
             .bind(limit)
             .bind(FIRST_WORKFLOWS)
+            .bind(relay)
             .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -121,13 +133,14 @@ impl Store {
         Ok(())
     }
 
-    /// Makes a claimed item due again after `delay`, recording why it was not delivered.
+    /// Makes a claimed item due again after `delay`, recording why it was not delivered, and
+    /// releases it from its relay's claim (which would otherwise take it back at once).
     pub async fn outbox_retry(&self, id: i64, error: Option<&str>, delay: Duration) -> Result<()> {
         let due = now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
         db!(self, |pool, pg| {
             sqlx::query(
-                "UPDATE outbox SET available_at = $1, last_error = COALESCE($2, last_error) \
-                 WHERE id = $3 AND delivered_at IS NULL",
+                "UPDATE outbox SET available_at = $1, last_error = COALESCE($2, last_error), \
+                 claimed_by = NULL WHERE id = $3 AND delivered_at IS NULL",
             )
             .bind(due)
             .bind(error)

@@ -77,6 +77,7 @@ on_both!(
     outbox_claims_in_order_and_respects_leases,
     outbox_claims_the_chat_before_a_backlog_of_task_signals,
     outbox_keeps_order_within_a_workflow_across_retries,
+    outbox_gives_a_relay_back_a_claim_whose_answer_it_lost,
     compaction_folds_each_message_once,
     migrations_are_idempotent,
     confirming_a_proposal_creates_its_task_once,
@@ -119,7 +120,9 @@ async fn accepting_a_message_stores_it_with_its_event_and_signal(store: &Store) 
     assert_eq!(events[0].kind, event_kind::MESSAGE_CREATED);
     assert_eq!(events[0].data["id"], m.id.as_str());
 
-    let items = store.claim_outbox(10, Duration::from_secs(30)).await?;
+    let items = store
+        .claim_outbox("test-relay", 10, Duration::from_secs(30))
+        .await?;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].workflow_id, WF);
     assert_eq!(items[0].signal, "message");
@@ -514,7 +517,9 @@ async fn outbox_claims_the_chat_before_a_backlog_of_task_signals(store: &Store) 
     store
         .accept_user_message("alice", "chat-2", "hello?", WF)
         .await?;
-    let claimed = store.claim_outbox(5, Duration::from_secs(60)).await?;
+    let claimed = store
+        .claim_outbox("test-relay", 5, Duration::from_secs(60))
+        .await?;
     let workflows: Vec<&str> = claimed.iter().map(|i| i.workflow_id.as_str()).collect();
     assert_eq!(
         workflows,
@@ -539,22 +544,26 @@ async fn outbox_claims_in_order_and_respects_leases(store: &Store) -> Result<()>
             .accept_user_message("bob", &format!("b{i}"), "x", "main-thread/bob")
             .await?;
     }
-    let claimed = store.claim_outbox(4, Duration::from_secs(60)).await?;
+    let claimed = store
+        .claim_outbox("test-relay", 4, Duration::from_secs(60))
+        .await?;
     assert_eq!(claimed.len(), 4);
     assert!(claimed.windows(2).all(|w| w[0].id < w[1].id));
     assert!(claimed.iter().all(|i| i.attempts == 1));
-    // Leased items are not claimed twice, and what queues behind them in the same workflow
-    // waits until they are delivered (or their lease runs out).
+    // Leased items are not claimed by another relay, and what queues behind them in the same
+    // workflow waits until they are delivered (or their lease runs out).
     assert!(
         store
-            .claim_outbox(10, Duration::from_secs(60))
+            .claim_outbox("another-relay", 10, Duration::from_secs(60))
             .await?
             .is_empty()
     );
     for item in &claimed {
         store.outbox_delivered(item.id).await?;
     }
-    let rest = store.claim_outbox(10, Duration::from_secs(60)).await?;
+    let rest = store
+        .claim_outbox("test-relay", 10, Duration::from_secs(60))
+        .await?;
     assert_eq!(rest.len(), 2);
     for item in &rest {
         store.outbox_delivered(item.id).await?;
@@ -564,10 +573,54 @@ async fn outbox_claims_in_order_and_respects_leases(store: &Store) -> Result<()>
 
     // An expired lease makes an item due again (a relay that died mid-delivery).
     store.accept_user_message("alice", "late", "x", WF).await?;
-    let item = store.claim_outbox(1, Duration::ZERO).await?;
-    let again = store.claim_outbox(1, Duration::from_secs(60)).await?;
+    let item = store.claim_outbox("test-relay", 1, Duration::ZERO).await?;
+    let again = store
+        .claim_outbox("test-relay", 1, Duration::from_secs(60))
+        .await?;
     assert_eq!(item[0].id, again[0].id);
     assert_eq!(again[0].attempts, 2);
+    Ok(())
+}
+
+async fn outbox_gives_a_relay_back_a_claim_whose_answer_it_lost(store: &Store) -> Result<()> {
+    store.accept_user_message("alice", "1", "x", WF).await?;
+    store.accept_user_message("alice", "2", "x", WF).await?;
+    // The claim commits, but the database goes down before the relay hears of it.
+    let lost = store
+        .claim_outbox("relay-a", 1, Duration::from_secs(60))
+        .await?;
+    assert_eq!(lost.len(), 1);
+    // Another relay leaves it, and what follows it, to the lease.
+    assert!(
+        store
+            .claim_outbox("relay-b", 10, Duration::from_secs(60))
+            .await?
+            .is_empty()
+    );
+    // The relay that claimed it takes it back at once, with its workflow's next item.
+    let again = store
+        .claim_outbox("relay-a", 10, Duration::from_secs(60))
+        .await?;
+    let ids: Vec<i64> = again.iter().map(|i| i.id).collect();
+    assert_eq!(ids[0], lost[0].id, "{again:?}");
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert_eq!(again[0].attempts, 2);
+    // A retry releases the claim: its backoff holds, for this relay too.
+    for item in &again {
+        store
+            .outbox_retry(
+                item.id,
+                Some("temporal unavailable"),
+                Duration::from_secs(60),
+            )
+            .await?;
+    }
+    assert!(
+        store
+            .claim_outbox("relay-a", 10, Duration::from_secs(60))
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
 
@@ -577,7 +630,9 @@ async fn outbox_keeps_order_within_a_workflow_across_retries(store: &Store) -> R
     store
         .accept_user_message("bob", "1", "x", "main-thread/bob")
         .await?;
-    let claimed = store.claim_outbox(1, Duration::from_secs(60)).await?;
+    let claimed = store
+        .claim_outbox("test-relay", 1, Duration::from_secs(60))
+        .await?;
     assert_eq!(claimed[0].workflow_id, WF);
     // Delivery failed: retry in a minute, recording why.
     store
@@ -588,7 +643,9 @@ async fn outbox_keeps_order_within_a_workflow_across_retries(store: &Store) -> R
         )
         .await?;
     // alice's second message must wait behind the first; bob's is free to go.
-    let next = store.claim_outbox(10, Duration::from_secs(60)).await?;
+    let next = store
+        .claim_outbox("test-relay", 10, Duration::from_secs(60))
+        .await?;
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].workflow_id, "main-thread/bob");
     assert!(store.outbox_next_due().await?.is_some());
@@ -831,7 +888,7 @@ async fn confirming_a_proposal_creates_its_task_once(store: &Store) -> Result<()
     assert_eq!(projects[0].repo, "acme/app");
     assert_eq!(store.recent_repos("alice", 5).await?[0], "acme/app");
     let signals: Vec<_> = store
-        .claim_outbox(100, Duration::from_secs(30))
+        .claim_outbox("test-relay", 100, Duration::from_secs(30))
         .await?
         .into_iter()
         .filter(|item| item.signal == "proposal_decision")
@@ -992,13 +1049,17 @@ async fn task_input_is_checked_against_the_state_and_stored_once(store: &Store) 
             None,
         )
         .await?;
-    store.claim_outbox(100, Duration::from_secs(30)).await?;
+    store
+        .claim_outbox("an-earlier-relay", 100, Duration::from_secs(30))
+        .await?;
     for _ in 0..2 {
         store
             .add_task_input("alice", &task.id, &input, &[TaskStatus::WaitingPlanReview])
             .await?;
     }
-    let signals = store.claim_outbox(100, Duration::from_secs(30)).await?;
+    let signals = store
+        .claim_outbox("test-relay", 100, Duration::from_secs(30))
+        .await?;
     assert_eq!(signals.len(), 1, "{signals:?}");
     assert_eq!(signals[0].workflow_id, "task/t2");
     assert_eq!(signals[0].signal, "plan_review");
@@ -1155,7 +1216,10 @@ async fn a_webhook_delivery_nudges_the_tasks_it_names_once(store: &Store) -> Res
         )
         .await?;
     // Drain what confirming queued, so only nudges are left to see.
-    for item in store.claim_outbox(50, Duration::from_secs(60)).await? {
+    for item in store
+        .claim_outbox("test-relay", 50, Duration::from_secs(60))
+        .await?
+    {
         store.outbox_delivered(item.id).await?;
     }
     let by_pr = WebhookTarget {
@@ -1172,7 +1236,9 @@ async fn a_webhook_delivery_nudges_the_tasks_it_names_once(store: &Store) -> Res
             tasks: vec![task.id.clone()]
         }
     );
-    let queued = store.claim_outbox(50, Duration::from_secs(60)).await?;
+    let queued = store
+        .claim_outbox("test-relay", 50, Duration::from_secs(60))
+        .await?;
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].signal, SIGNAL_GITHUB);
     assert_eq!(queued[0].workflow_id, format!("task/{}", task.id));

@@ -2,9 +2,9 @@
 //! Temporal down while messages arrive. Nothing accepted may be lost or answered twice.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use mainloop_testkit::anthropic::Reply;
 use mainloop_testkit::sse::SseEvent;
 
@@ -12,6 +12,7 @@ use crate::harness::{
     Stack, USER, WAIT, asked, assert_one_reply_each, chat_requests, is_assistant_completion,
     replies_to,
 };
+use crate::pg_cut::{self, PgCut};
 
 fn delta_text(events: &[SseEvent], attempt: i64) -> Result<String> {
     let mut text = String::new();
@@ -175,5 +176,39 @@ async fn messages_posted_while_temporal_is_down_are_answered_once_it_is_back() -
     assert_eq!(asked.len(), 4, "{asked:?}");
     assert_eq!(distinct.len(), 4);
     assert_eq!(stack.store.outbox_backlog().await?, 0);
+    Ok(())
+}
+
+/// The outbox relay's claim commits and the database's answer is lost (PostgreSQL went down
+/// at that moment, which the fault suite's `postgres_restarts` once hit): the relay must take
+/// its claim back at once instead of leaving the message, and every later one of the
+/// thread, to the claim's 30 s lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_whose_commit_went_unanswered_does_not_hold_the_thread() -> Result<()> {
+    let mut stack = Stack::start().await?;
+    let cut = PgCut::start(format!("127.0.0.1:{}", stack._pg.port())).await?;
+    stack.kill_api().await?;
+    stack.set_role_env(
+        "serve",
+        "DATABASE_URL",
+        &pg_cut::through(&stack.database_url, cut.port)?,
+    );
+    stack.start_api().await?;
+    stack.post("first", "k1").await?;
+    stack.wait_for_replies(1, WAIT).await?;
+
+    cut.arm();
+    let posted = Instant::now();
+    stack.post("second", "k2").await?;
+    tokio::time::timeout(WAIT, cut.cut())
+        .await
+        .context("no claim of the relay was cut")?;
+    let thread = stack.wait_for_replies(2, WAIT).await?;
+    let took = posted.elapsed();
+    assert_one_reply_each(&thread);
+    assert!(
+        took < Duration::from_secs(10),
+        "the message waited {took:?}: for the lost claim's lease (30 s)"
+    );
     Ok(())
 }

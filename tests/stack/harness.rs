@@ -133,6 +133,13 @@ impl Stack {
         command
     }
 
+    /// Sets one of `role`'s settings for its next start.
+    pub fn set_role_env(&mut self, role: &str, key: &str, value: &str) {
+        self.role_env.retain(|(r, k, _)| !(r == role && k == key));
+        self.role_env
+            .push((role.to_string(), key.to_string(), value.to_string()));
+    }
+
     pub async fn start_worker(&mut self) -> Result<()> {
         let mut command = self.command("worker");
         let log = self.dir.path().join("worker.log");

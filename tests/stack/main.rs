@@ -13,6 +13,7 @@ mod histories;
 mod histories_paths;
 mod long_thread;
 mod metrics;
+mod pg_cut;
 mod subscription;
 mod task_humans;
 mod task_recovery;
