@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export PATH := $(PATH):$(shell go env GOPATH 2>/dev/null || echo $(HOME)/go)/bin:$(HOME)/go/bin
 CARGO ?= cargo
 
-.PHONY: help setup dev web web-types web-check deploy-check e2e test test-faults test-api-fuzz lint fmt bench histories determinism-gate clean
+.PHONY: help setup dev web web-types web-check deploy-check e2e test test-faults test-faults-short test-api-fuzz lint fmt bench histories determinism-gate clean
 
 NPM ?= npm
 FRONTEND := frontend
@@ -67,6 +67,7 @@ test: setup ## Run every test (real Temporal, SQLite and PostgreSQL, the web app
 	$(MAKE) web-check
 	$(MAKE) deploy-check
 	$(CARGO) test --workspace
+	$(MAKE) test-faults-short
 	$(MAKE) determinism-gate
 	$(MAKE) e2e
 
@@ -80,6 +81,12 @@ test-faults: setup ## The fault suite (docs/reliability.md): repeated crashes an
 	rm -rf $(FAULT_FIGURES)
 	time MAINLOOP_FIGURES_DIR=$(FAULT_FIGURES) $(CARGO) test -p mainloop --test stack fault_suite -- --ignored --test-threads=1
 	scripts/fault-report $(FAULT_FIGURES)
+
+test-faults-short: setup ## The fault suite's shorter tests, scaled down (part of make test): racing idempotency keys, the API killed 5 times under a stream, PostgreSQL crashed 3 times
+	$(CARGO) build -p mainloop-agent
+	MAINLOOP_FIGURES_DIR=$(FAULT_FIGURES)/short MAINLOOP_FAULT_API_KILLS=5 MAINLOOP_FAULT_PG_RESTARTS=3 \
+		$(CARGO) test -p mainloop --test stack -- --ignored --test-threads=1 \
+		fault_suite::idempotency fault_suite::api_kills fault_suite::outages::postgres
 
 lint: $(NODE_MODULES) ## Formatting, clippy and the web app's checks, as CI checks them
 	$(CARGO) fmt --all -- --check
