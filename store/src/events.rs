@@ -42,60 +42,64 @@ macro_rules! insert_events {
         let created_at = $crate::now();
         let mut appended = Vec::with_capacity(events.len());
         if !events.is_empty() {
-            let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-            let mut next_id: Option<i64> = if $pg {
-                let last: i64 = sqlx::query_scalar(
-                    "UPDATE event_seq SET last_id = last_id + $1 RETURNING last_id",
-                )
-                .bind(count)
-                .fetch_one(&mut *$tx)
-                .await?;
-                Some(last - count + 1)
+            let data: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
+            let ids: Vec<i64> = if $pg {
+                // One round trip for the ids, every row and the wake-up: every status a task
+                // records and every reply's progress ends with this, inside its transaction.
+                // In chunks, to stay far below PostgreSQL's limit on bound values.
+                let mut ids = Vec::with_capacity(events.len());
+                for (events, data) in events.chunks(500).zip(data.chunks(500)) {
+                    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+                    let rows: Vec<String> = (0..events.len())
+                        .map(|i| format!("({}, ${}, ${})", i + 1, 2 * i + 4, 2 * i + 5))
+                        .collect();
+                    let sql = format!(
+                        "WITH seq AS ( \
+                           UPDATE event_seq SET last_id = last_id + $1 \
+                           RETURNING last_id - $1 AS first), \
+                         ins AS ( \
+                           INSERT INTO events (id, user_id, kind, data, created_at) \
+                           SELECT seq.first + v.n, $2, v.kind, v.data, $3 \
+                           FROM seq, (VALUES {}) AS v(n, kind, data)), \
+                         woken AS (SELECT pg_notify('mainloop_events', '')) \
+                         SELECT seq.first FROM seq, woken",
+                        rows.join(", ")
+                    );
+                    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                        .bind(count)
+                        .bind(user)
+                        .bind(created_at);
+                    for (event, data) in events.iter().zip(data) {
+                        query = query.bind(event.kind).bind(data);
+                    }
+                    let first: i64 = query.fetch_one(&mut *$tx).await?;
+                    ids.extend((1..=count).map(|n| first + n));
+                }
+                ids
             } else {
-                None
+                let mut ids = Vec::with_capacity(events.len());
+                for (event, data) in events.iter().zip(&data) {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO events (user_id, kind, data, created_at) \
+                         VALUES ($1, $2, $3, $4) RETURNING id",
+                    )
+                    .bind(user)
+                    .bind(event.kind)
+                    .bind(data)
+                    .bind(created_at)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                    ids.push(id);
+                }
+                ids
             };
-            for event in events {
-                let data = event.data.to_string();
-                let id: i64 = match next_id {
-                    Some(id) => {
-                        sqlx::query(
-                            "INSERT INTO events (id, user_id, kind, data, created_at) \
-                             VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind(id)
-                        .bind(user)
-                        .bind(event.kind)
-                        .bind(&data)
-                        .bind(created_at)
-                        .execute(&mut *$tx)
-                        .await?;
-                        next_id = Some(id + 1);
-                        id
-                    }
-                    None => {
-                        sqlx::query_scalar(
-                            "INSERT INTO events (user_id, kind, data, created_at) \
-                             VALUES ($1, $2, $3, $4) RETURNING id",
-                        )
-                        .bind(user)
-                        .bind(event.kind)
-                        .bind(&data)
-                        .bind(created_at)
-                        .fetch_one(&mut *$tx)
-                        .await?
-                    }
-                };
+            for (event, id) in events.iter().zip(ids) {
                 appended.push($crate::model::Event {
                     id,
                     kind: event.kind.to_string(),
                     data: event.data.clone(),
                     created_at,
                 });
-            }
-            if $pg {
-                sqlx::query("SELECT pg_notify('mainloop_events', '')")
-                    .execute(&mut *$tx)
-                    .await?;
             }
         }
         appended

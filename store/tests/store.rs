@@ -73,6 +73,7 @@ on_both!(
     turn_context_puts_replies_after_their_messages,
     events_are_per_user_and_ordered,
     concurrent_appends_are_seen_in_id_order_without_gaps,
+    a_large_batch_of_events_is_appended_whole_and_in_order,
     proposals_are_stored_once_and_decided_once,
     outbox_claims_in_order_and_respects_leases,
     outbox_claims_the_chat_before_a_backlog_of_task_signals,
@@ -390,6 +391,30 @@ async fn events_are_per_user_and_ordered(store: &Store) -> Result<()> {
 
 /// A reader following the log with `events_after` must never skip an event: ids it sees
 /// later are always above the ones it saw (PostgreSQL hands them out in commit order).
+async fn a_large_batch_of_events_is_appended_whole_and_in_order(store: &Store) -> Result<()> {
+    let before = store.last_event_id().await?;
+    let batch: Vec<NewEvent> = (0..1_200)
+        .map(|i| NewEvent::new(event_kind::THREAD_NOTICE, serde_json::json!({ "n": i })))
+        .collect();
+    let appended = store.append_events("alice", &batch).await?;
+    let ids: Vec<i64> = appended.iter().map(|e| e.id).collect();
+    assert_eq!(ids, (before + 1..=before + 1_200).collect::<Vec<_>>());
+    let mut read = Vec::new();
+    let mut after = before;
+    loop {
+        let page = store.events_after("alice", after, 500).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        read.extend(page);
+    }
+    assert_eq!(read.len(), 1_200);
+    for (i, event) in read.iter().enumerate() {
+        assert_eq!(event.id, before + 1 + i as i64);
+        assert_eq!(event.data["n"], i);
+    }
+    Ok(())
+}
+
 async fn concurrent_appends_are_seen_in_id_order_without_gaps(store: &Store) -> Result<()> {
     const WRITERS: usize = 6;
     const EACH: usize = 40;
