@@ -118,7 +118,7 @@ fn long_reply(n: usize) -> Reply {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fault suite: kills the API 20 times under a streaming client (about 70 s); run by `make test-faults`, results in docs/reliability.md"]
+#[ignore = "fault suite: kills the API 20 times under a streaming client (about 70 s); run by `make test-faults`, and with 5 kills by `make test` (make test-faults-short); results in docs/reliability.md"]
 async fn the_api_killed_repeatedly_under_a_streaming_client_loses_and_repeats_no_event()
 -> Result<()> {
     let started = Instant::now();

@@ -88,7 +88,7 @@ pub(super) async fn post_retrying(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fault suite: 2 waves of 50 racing POSTs, one during an API kill (about 35 s); run by `make test-faults`, results in docs/reliability.md"]
+#[ignore = "fault suite: 2 waves of 50 racing POSTs, one during an API kill (about 35 s); run by `make test-faults` and by `make test` (make test-faults-short); results in docs/reliability.md"]
 async fn racing_posts_with_one_idempotency_key_store_one_message() -> Result<()> {
     let started = Instant::now();
     let racers = racers();
@@ -211,7 +211,7 @@ fn assert_one_winner(what: &str, statuses: &BTreeMap<u16, usize>, racers: usize)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fault suite: 50 racers on each task decision with the full task stack (about 15 s plus set-up); run by `make test-faults`, results in docs/reliability.md"]
+#[ignore = "fault suite: 50 racers on each task decision with the full task stack (about 15 s plus set-up); run by `make test-faults` and by `make test` (make test-faults-short); results in docs/reliability.md"]
 async fn racing_task_decisions_take_effect_once() -> Result<()> {
     let started = Instant::now();
     let racers = racers();

@@ -1,7 +1,8 @@
 //! The fault suite (`make test-faults`): repeated, counted crashes and outages, each test
-//! writing its figures through [`figures::record`]. The tests are `#[ignore]`d so `make test`
-//! stays fast; `make test-faults` runs them with `--ignored` and renders the figures as the
-//! Markdown table pasted into docs/reliability.md.
+//! writing its figures through [`figures::record`]. The tests are `#[ignore]`d because the
+//! whole suite takes about 30 minutes; `make test-faults` runs them with `--ignored` and
+//! renders the figures as the Markdown table pasted into docs/reliability.md, and `make test`
+//! runs the shorter ones, scaled down, through `make test-faults-short`.
 
 pub mod figures;
 

@@ -180,7 +180,7 @@ async fn acknowledged_past(load: &Load, from: usize, n: usize) -> Result<usize> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fault suite: crashes PostgreSQL 10 times under load (about 20 s plus set-up); run by `make test-faults`, results in docs/reliability.md"]
+#[ignore = "fault suite: crashes PostgreSQL 10 times under load (about 20 s plus set-up); run by `make test-faults`, and with 3 crashes by `make test` (make test-faults-short); results in docs/reliability.md"]
 async fn postgres_restarted_under_load_stores_each_acknowledged_message_once() -> Result<()> {
     let started = Instant::now();
     let restarts = env_number("MAINLOOP_FAULT_PG_RESTARTS", 10);
