@@ -176,9 +176,9 @@ async fn deliver_lane(
 }
 
 /// Writes down what became of an item, retrying while the store is unreachable (a database
-/// restart): an item left leased holds back every later item of its workflow until the lease
-/// runs out, which would stall the user's thread for the whole lease. Past the lease the item
-/// is claimed again anyway, and the workflow de-duplicates it.
+/// restart), within the lease. Should it still fail, the item stays claimed by this relay,
+/// which takes it back at its next claim and delivers it again (the workflow de-duplicates
+/// it): retrying here spares that second delivery, and keeps a failed item's backoff.
 async fn record<F, Fut>(settings: &RelaySettings, write: F)
 where
     F: Fn() -> Fut,

@@ -148,18 +148,15 @@ async fn from_client(
                     }
                 }
                 b'Q' => {
-                    let sql = strings(body, 1).concat().to_ascii_uppercase();
-                    if sql.trim() == "COMMIT" || sql.trim() == "ROLLBACK" {
+                    let sql = strings(body, 1).concat().trim().to_ascii_uppercase();
+                    if sql == "COMMIT" || sql == "ROLLBACK" {
                         let took_items =
                             state.last_tag.starts_with("UPDATE ") && state.last_tag != "UPDATE 0";
-                        if sql.trim() == "COMMIT"
-                            && state.in_claim
+                        let in_claim = std::mem::take(&mut state.in_claim);
+                        state.cutting = sql == "COMMIT"
+                            && in_claim
                             && took_items
-                            && armed.swap(false, Ordering::SeqCst)
-                        {
-                            state.cutting = true;
-                        }
-                        state.in_claim = false;
+                            && armed.swap(false, Ordering::SeqCst);
                     }
                 }
                 _ => {}
