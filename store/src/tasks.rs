@@ -326,6 +326,62 @@ pub fn task_workflow_id(task_id: &str) -> String {
     format!("task/{task_id}")
 }
 
+/// A task as [`Store::record_task`] left it, and whether that changed anything but its
+/// `updated_at`.
+#[derive(sqlx::FromRow)]
+struct RecordedTaskRow {
+    #[sqlx(flatten)]
+    task: TaskRow,
+    changed: bool,
+}
+
+/// [`Store::record_task`]'s update on PostgreSQL, one statement: the row as it was (`b`, read
+/// under the row's lock) gives the status when the projection has none, keeps the first
+/// `completed_at`, clears the pending input when the status moves (the task acted on it, or
+/// moved past it), and says whether anything changed. Parameters as in the SQLite statement,
+/// without the two the old row gives.
+static RECORD_TASK_PG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let columns = |alias: &str, with_updated_at: bool| {
+        TASK_COLUMNS
+            .split(',')
+            .map(str::trim)
+            .filter(|column| with_updated_at || *column != "updated_at")
+            .map(|column| format!("{alias}.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let terminal = TaskStatus::ALL
+        .into_iter()
+        .filter(|status| status.is_terminal())
+        .map(|status| format!("'{}'", status.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE tasks t SET status = COALESCE($1, b.status), detail = $2, error = $3, \
+         failed_phase = $4, issue_number = $5, issue_url = $6, branch = $7, pr_number = $8, \
+         pr_url = $9, questions = $10, ci_fixes = $11, updated_at = $12, \
+         completed_at = CASE WHEN COALESCE($1, b.status) IN ({terminal}) \
+           THEN COALESCE(b.completed_at, $12) END, \
+         pending_input = CASE WHEN COALESCE($1, b.status) = b.status \
+           THEN t.pending_input END, \
+         ci_attempts = $15, max_tokens = $16, max_cost_usd = $17, max_ci_attempts = $18 \
+         FROM (SELECT {TASK_COLUMNS} FROM tasks WHERE id = $13 AND user_id = $14 FOR UPDATE) b \
+         WHERE t.id = b.id \
+         RETURNING {}, ROW({}) IS DISTINCT FROM ROW({}) AS changed",
+        columns("t", true),
+        columns("b", false),
+        columns("t", false),
+    )
+});
+
+/// A task read under its row lock, with the input it has not acted on yet.
+#[derive(sqlx::FromRow)]
+struct LockedTaskRow {
+    #[sqlx(flatten)]
+    task: TaskRow,
+    pending_input: Option<String>,
+}
+
 #[derive(sqlx::FromRow)]
 struct TaskRow {
     id: String,
@@ -648,8 +704,6 @@ impl Store {
         let task = db!(self, |pool, pg| {
             let mut tx = begin_write!(pool, pg)?;
             let at = now();
-            let before = select_task!(&mut *tx, user, id);
-            let status = projection.status.unwrap_or(before.status);
             let questions = if projection.questions.is_empty() {
                 None
             } else {
@@ -658,48 +712,83 @@ impl Store {
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 )
             };
-            let completed_at = if status.is_terminal() {
-                before.completed_at.or(Some(at))
-            } else {
-                None
-            };
             // Each statement is a round trip inside the write transaction, and a task records
             // on every status: the rows changed come back with RETURNING instead of being read
-            // again.
-            let row: Option<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "UPDATE tasks SET status = $1, detail = $2, error = $3, failed_phase = $4, \
-                 issue_number = $5, issue_url = $6, branch = $7, pr_number = $8, pr_url = $9, \
-                 questions = $10, ci_fixes = $11, updated_at = $12, completed_at = $13, \
-                 pending_input = CASE WHEN $16 THEN NULL ELSE pending_input END, \
-                 ci_attempts = $17, max_tokens = $18, max_cost_usd = $19, max_ci_attempts = $20 \
-                 WHERE id = $14 AND user_id = $15 RETURNING {TASK_COLUMNS}"
-            )))
-            .bind(status.as_str())
-            .bind(&projection.detail)
-            .bind(&projection.error)
-            .bind(&projection.failed_phase)
-            .bind(projection.issue_number)
-            .bind(&projection.issue_url)
-            .bind(&projection.branch)
-            .bind(projection.pr_number)
-            .bind(&projection.pr_url)
-            .bind(&questions)
-            .bind(projection.ci_fixes)
-            .bind(at)
-            .bind(completed_at)
-            .bind(id)
-            .bind(user)
-            // A new status means the task acted on (or moved past) the input it was given.
-            .bind(status != before.status)
-            .bind(projection.ci_attempts)
-            .bind(projection.budget.max_tokens)
-            .bind(projection.budget.max_cost_usd)
-            .bind(projection.budget.max_ci_attempts)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let task = row.ok_or(StoreError::NotFound)?.into_task()?;
+            // again. On PostgreSQL the row as it was is read by the same statement, under its
+            // lock; SQLite's RETURNING cannot name another table, and its round trips are
+            // calls within the process.
+            let (task, changed) = if pg {
+                let row: Option<RecordedTaskRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(RECORD_TASK_PG.as_str()))
+                        .bind(projection.status.map(TaskStatus::as_str))
+                        .bind(&projection.detail)
+                        .bind(&projection.error)
+                        .bind(&projection.failed_phase)
+                        .bind(projection.issue_number)
+                        .bind(&projection.issue_url)
+                        .bind(&projection.branch)
+                        .bind(projection.pr_number)
+                        .bind(&projection.pr_url)
+                        .bind(&questions)
+                        .bind(projection.ci_fixes)
+                        .bind(at)
+                        .bind(id)
+                        .bind(user)
+                        .bind(projection.ci_attempts)
+                        .bind(projection.budget.max_tokens)
+                        .bind(projection.budget.max_cost_usd)
+                        .bind(projection.budget.max_ci_attempts)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let RecordedTaskRow { task, changed } = row.ok_or(StoreError::NotFound)?;
+                (task.into_task()?, changed)
+            } else {
+                let before = select_task!(&mut *tx, user, id);
+                let status = projection.status.unwrap_or(before.status);
+                let completed_at = if status.is_terminal() {
+                    before.completed_at.or(Some(at))
+                } else {
+                    None
+                };
+                let row: Option<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "UPDATE tasks SET status = $1, detail = $2, error = $3, failed_phase = $4, \
+                     issue_number = $5, issue_url = $6, branch = $7, pr_number = $8, \
+                     pr_url = $9, questions = $10, ci_fixes = $11, updated_at = $12, \
+                     completed_at = $13, \
+                     pending_input = CASE WHEN $16 THEN NULL ELSE pending_input END, \
+                     ci_attempts = $17, max_tokens = $18, max_cost_usd = $19, \
+                     max_ci_attempts = $20 \
+                     WHERE id = $14 AND user_id = $15 RETURNING {TASK_COLUMNS}"
+                )))
+                .bind(status.as_str())
+                .bind(&projection.detail)
+                .bind(&projection.error)
+                .bind(&projection.failed_phase)
+                .bind(projection.issue_number)
+                .bind(&projection.issue_url)
+                .bind(&projection.branch)
+                .bind(projection.pr_number)
+                .bind(&projection.pr_url)
+                .bind(&questions)
+                .bind(projection.ci_fixes)
+                .bind(at)
+                .bind(completed_at)
+                .bind(id)
+                .bind(user)
+                // A new status means the task acted on (or moved past) the input it was given.
+                .bind(status != before.status)
+                .bind(projection.ci_attempts)
+                .bind(projection.budget.max_tokens)
+                .bind(projection.budget.max_cost_usd)
+                .bind(projection.budget.max_ci_attempts)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let task = row.ok_or(StoreError::NotFound)?.into_task()?;
+                let changed = task_changed(&before, &task);
+                (task, changed)
+            };
             let mut events = Vec::new();
-            if task_changed(&before, &task) {
+            if changed {
                 events.push(NewEvent::new(event_kind::TASK_UPDATED, &task));
             }
             // Everything the task asked of the user before is settled by its moving on.
@@ -803,19 +892,23 @@ impl Store {
         let task = db!(self, |pool, pg| {
             let mut tx = begin_write!(pool, pg)?;
             let at = now();
-            // Racing inputs for one task queue here until the first commits, and then see
-            // what it left pending (SQLite's write transaction already serialises them).
-            let pending: Option<Option<String>> = sqlx::query_scalar(if pg {
-                "SELECT pending_input FROM tasks WHERE id = $1 AND user_id = $2 FOR UPDATE"
-            } else {
-                "SELECT pending_input FROM tasks WHERE id = $1 AND user_id = $2"
-            })
+            // Racing inputs for one task queue on its row lock until the first commits, and
+            // then read what it left pending (SQLite's write transaction already serialises
+            // them). Each statement is a round trip on the way to the answer's `202`, so the
+            // task comes with the lock.
+            let row: Option<LockedTaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {TASK_COLUMNS}, pending_input FROM tasks WHERE id = $1 AND user_id = $2{}",
+                if pg { " FOR UPDATE" } else { "" }
+            )))
             .bind(task_id)
             .bind(user)
             .fetch_optional(&mut *tx)
             .await?;
-            let pending = pending.ok_or(StoreError::NotFound)?;
-            let task = select_task!(&mut *tx, user, task_id);
+            let LockedTaskRow {
+                task,
+                pending_input,
+            } = row.ok_or(StoreError::NotFound)?;
+            let task = task.into_task()?;
             if !allowed.contains(&task.status) {
                 tx.rollback().await?;
                 return Err(StoreError::Conflict(format!(
@@ -823,62 +916,91 @@ impl Store {
                     task.status.as_str().replace('_', " ")
                 )));
             }
-            let known: Option<String> =
-                sqlx::query_scalar("SELECT id FROM task_inputs WHERE id = $1")
-                    .bind(&input.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if known.is_some() {
-                tx.rollback().await?;
-                return Ok(task);
-            }
-            match pending.as_deref() {
-                Some("cancel") => {
+            if let Some(pending) = pending_input {
+                // This very input again (accepted once), or a second one for the same wait.
+                // Read after the lock, so a racer with the same id sees the first one's row.
+                let known: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM task_inputs WHERE id = $1")
+                        .bind(&input.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if known.is_some() {
+                    tx.rollback().await?;
+                    return Ok(task);
+                }
+                if pending == "cancel" {
                     tx.rollback().await?;
                     return Err(StoreError::Conflict("the task is being cancelled".into()));
                 }
-                Some(kind) if input.kind != "cancel" => {
-                    let what = kind.replace('_', " ");
+                if input.kind != "cancel" {
                     tx.rollback().await?;
                     return Err(StoreError::Conflict(format!(
-                        "the task has {what} input it has not acted on yet"
+                        "the task has {} input it has not acted on yet",
+                        pending.replace('_', " ")
                     )));
                 }
-                _ => {}
             }
-            sqlx::query("UPDATE tasks SET pending_input = $1 WHERE id = $2 AND user_id = $3")
-                .bind(input.kind)
-                .bind(task_id)
-                .bind(user)
-                .execute(&mut *tx)
-                .await?;
             let mut payload = input.payload.clone();
             if let Some(object) = payload.as_object_mut() {
                 object.insert("id".into(), json!(input.id));
             }
             let payload = payload.to_string();
-            let inserted = sqlx::query(
-                "INSERT INTO task_inputs (id, task_id, user_id, kind, payload, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&input.id)
-            .bind(task_id)
-            .bind(user)
-            .bind(input.kind)
-            .bind(&payload)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted > 0 {
-                insert_outbox!(
-                    tx,
-                    user,
-                    &task_workflow_id(task_id),
-                    input.kind,
-                    &payload,
-                    at
-                );
+            let workflow_id = task_workflow_id(task_id);
+            // The input is stored once per id; only a new one becomes the task's pending input
+            // and queues its signal. On PostgreSQL that is one statement.
+            let inserted = if pg {
+                let inserted: i64 = sqlx::query_scalar(
+                    "WITH input AS ( \
+                       INSERT INTO task_inputs (id, task_id, user_id, kind, payload, created_at) \
+                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING id), \
+                     pending AS ( \
+                       UPDATE tasks SET pending_input = $4 WHERE id = $2 AND user_id = $3 \
+                       AND EXISTS (SELECT 1 FROM input)), \
+                     queued AS ( \
+                       INSERT INTO outbox \
+                       (user_id, workflow_id, signal, payload, available_at, created_at) \
+                       SELECT $3, $7, $4, $5, $6, $6 FROM input) \
+                     SELECT COUNT(*) FROM input",
+                )
+                .bind(&input.id)
+                .bind(task_id)
+                .bind(user)
+                .bind(input.kind)
+                .bind(&payload)
+                .bind(at)
+                .bind(&workflow_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                inserted > 0
+            } else {
+                let inserted = sqlx::query(
+                    "INSERT INTO task_inputs (id, task_id, user_id, kind, payload, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&input.id)
+                .bind(task_id)
+                .bind(user)
+                .bind(input.kind)
+                .bind(&payload)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    > 0;
+                if inserted {
+                    sqlx::query(
+                        "UPDATE tasks SET pending_input = $1 WHERE id = $2 AND user_id = $3",
+                    )
+                    .bind(input.kind)
+                    .bind(task_id)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?;
+                    insert_outbox!(tx, user, &workflow_id, input.kind, &payload, at);
+                }
+                inserted
+            };
+            if inserted {
                 insert_events!(
                     tx,
                     pg,

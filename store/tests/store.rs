@@ -84,6 +84,7 @@ on_both!(
     confirming_a_proposal_creates_its_task_once,
     racing_decisions_on_a_proposal_take_one,
     task_records_resolve_and_raise_inbox_items_once,
+    a_task_record_builds_on_the_row_as_it_was,
     task_input_is_checked_against_the_state_and_stored_once,
     racing_inputs_for_one_wait_are_accepted_once,
     job_logs_and_costs_are_counted_once,
@@ -1044,6 +1045,97 @@ async fn task_records_resolve_and_raise_inbox_items_once(store: &Store) -> Resul
     assert_eq!(store.unread_count("alice").await?, 0);
     assert!(matches!(
         store.mark_inbox_read("alice", Some("nope")).await,
+        Err(StoreError::NotFound)
+    ));
+    Ok(())
+}
+
+/// What `record_task` takes from the row it replaces (on PostgreSQL, read by the same
+/// statement): the status when the projection names none, the first `completed_at`, the
+/// pending input until the status moves, and whether anything changed at all.
+async fn a_task_record_builds_on_the_row_as_it_was(store: &Store) -> Result<()> {
+    let task = confirmed_task(store, "t-rec").await?;
+    let waiting = TaskProjection {
+        status: Some(TaskStatus::WaitingPlanReview),
+        detail: "plan ready".into(),
+        ..TaskProjection::default()
+    };
+    store.record_task("alice", &task.id, &waiting, None).await?;
+    let kept = store
+        .record_task(
+            "alice",
+            &task.id,
+            &TaskProjection {
+                status: None,
+                detail: "still waiting".into(),
+                ..TaskProjection::default()
+            },
+            None,
+        )
+        .await?;
+    assert_eq!(kept.status, TaskStatus::WaitingPlanReview);
+    assert_eq!(kept.detail, "still waiting");
+    assert!(kept.completed_at.is_none());
+
+    // The input stays pending while the status stays: a second one for the same wait is
+    // refused. Moving on clears it, and the next wait takes new input.
+    let allowed = [TaskStatus::WaitingPlanReview];
+    let input = |id: &str| NewTaskInput {
+        id: id.into(),
+        kind: "plan_review",
+        payload: serde_json::json!({ "action": "approve" }),
+    };
+    store
+        .add_task_input("alice", &task.id, &input("rec-1"), &allowed)
+        .await?;
+    store.record_task("alice", &task.id, &waiting, None).await?;
+    let refused = store
+        .add_task_input("alice", &task.id, &input("rec-2"), &allowed)
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Conflict(reason)) if reason.contains("not acted on")),
+        "{refused:?}"
+    );
+    let implementing = TaskProjection {
+        status: Some(TaskStatus::Implementing),
+        ..waiting.clone()
+    };
+    store
+        .record_task("alice", &task.id, &implementing, None)
+        .await?;
+    store.record_task("alice", &task.id, &waiting, None).await?;
+    store
+        .add_task_input("alice", &task.id, &input("rec-3"), &allowed)
+        .await?;
+
+    // An unchanged record announces nothing; a changed one announces the task once.
+    let before = store.last_event_id().await?;
+    store.record_task("alice", &task.id, &waiting, None).await?;
+    assert_eq!(store.last_event_id().await?, before);
+    let merged = TaskProjection {
+        status: Some(TaskStatus::Merged),
+        ..waiting.clone()
+    };
+    let first = store.record_task("alice", &task.id, &merged, None).await?;
+    assert_eq!(store.last_event_id().await?, before + 1);
+    let completed_at = first.completed_at.expect("a merged task is completed");
+    // A retried record keeps the time the task first completed.
+    let again = store
+        .record_task(
+            "alice",
+            &task.id,
+            &TaskProjection {
+                detail: "merged, said again".into(),
+                ..merged
+            },
+            None,
+        )
+        .await?;
+    assert_eq!(again.completed_at, Some(completed_at));
+    assert!(matches!(
+        store
+            .record_task("alice", "no-such-task", &waiting, None)
+            .await,
         Err(StoreError::NotFound)
     ));
     Ok(())
