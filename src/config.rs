@@ -346,6 +346,10 @@ pub struct GitHubArgs {
     /// GitHub token: issues, pull requests, checks, and the agents' git pushes.
     #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
     pub github_token: Option<String>,
+    /// Most GitHub API requests one process sends at once (GitHub's secondary rate limits
+    /// punish concurrency, and each one in flight holds a connection).
+    #[arg(long, env = "MAINLOOP_GITHUB_CONCURRENCY", default_value = "8")]
+    pub github_concurrency: std::num::NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

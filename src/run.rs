@@ -538,6 +538,7 @@ pub fn github_client(args: &GitHubArgs) -> Result<GitHub> {
     GitHub::new(GitHubSettings {
         api_url: args.github_api_url.clone(),
         token,
+        concurrency: args.github_concurrency.get(),
     })
     .map_err(|e| anyhow::anyhow!("the GitHub client: {e}"))
 }

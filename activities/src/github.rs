@@ -2,7 +2,7 @@
 //! the task's issue and its comments, the draft PR, CI status and failure logs, reviews,
 //! reactions, collaborator permissions, and the GraphQL mark-ready mutation), on `octocrab`.
 //!
-//! It owns three things the activities rely on:
+//! It owns four things the activities rely on:
 //! * **Idempotent writes.** Issues are found by a marker in their body and PRs by their head
 //!   branch before anything is created; comments carry a marker and are updated in place. An
 //!   activity that runs twice has the effect of one run.
@@ -10,6 +10,9 @@
 //!   again can help ([`GitHubError::is_retryable`]); rate limits carry GitHub's requested delay.
 //!   octocrab's own retry layer is switched off: Temporal owns retries, and a blind retry of a
 //!   `POST` that reached GitHub would open a second issue or comment.
+//! * **Few requests at once.** At most `concurrency` requests are in flight per process
+//!   ([`DEFAULT_CONCURRENCY`]); the rest wait their turn, as GitHub's secondary rate limits
+//!   ask.
 //! * **CI's verdict.** Check runs and commit statuses are combined by one set of rules
 //!   ([`CiStatus`]), and failed checks' logs are gathered within a byte budget.
 //!
@@ -31,7 +34,7 @@ use octocrab::{Octocrab, Page};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 use url::Url;
 
 /// GitHub.com's REST API. GitHub Enterprise Server's is `https://{host}/api/v3/`.
@@ -45,6 +48,14 @@ const PER_PAGE: &str = "100";
 const MAX_PAGES: usize = 100;
 const TRUNCATED: &str = "… (truncated)";
 
+/// Most requests one process has in flight at once. GitHub answers more than 100 concurrent
+/// requests (REST and GraphQL together, per account) with a secondary rate limit and asks
+/// integrations to send requests serially; without a bound, each of the worker's activity
+/// slots could hold one, and every worker process adds its own. A request takes GitHub tens
+/// to hundreds of milliseconds, so eight at once allow far more requests than the primary
+/// rate limit does (5,000 an hour).
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
 /// Where GitHub is and how to authenticate. `Debug` does not print the token.
 #[derive(Clone)]
 pub struct GitHubSettings {
@@ -52,6 +63,9 @@ pub struct GitHubSettings {
     pub api_url: Url,
     /// A personal access token (or any token sent as `Authorization: Bearer`).
     pub token: Option<String>,
+    /// Most requests in flight at once from this process (at least 1); see
+    /// [`DEFAULT_CONCURRENCY`].
+    pub concurrency: usize,
 }
 
 impl fmt::Debug for GitHubSettings {
@@ -59,6 +73,7 @@ impl fmt::Debug for GitHubSettings {
         f.debug_struct("GitHubSettings")
             .field("api_url", &self.api_url.as_str())
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("concurrency", &self.concurrency)
             .finish()
     }
 }
@@ -429,6 +444,9 @@ struct Inner {
     graphql: Octocrab,
     api_url: Url,
     has_token: bool,
+    /// One permit per request in flight ([`GitHubSettings::concurrency`]), held until its
+    /// answer is read, so the connection it used is free again.
+    requests: Semaphore,
     /// The token's user, looked up once: `None` when the token cannot read `/user` (a GitHub
     /// App installation token), in which case authorship is not checked.
     login: OnceCell<Option<String>>,
@@ -690,12 +708,25 @@ impl GitHub {
                 graphql,
                 api_url: settings.api_url,
                 has_token: token.is_some(),
+                requests: Semaphore::new(settings.concurrency.max(1)),
                 login: OnceCell::new(),
             }),
         })
     }
 
+    /// Waits for a turn to send one request (see [`DEFAULT_CONCURRENCY`]). Held across the
+    /// request and the reading of its answer, never across another `slot`: a task holding one
+    /// while it waits for a second could wait forever.
+    async fn slot(&self) -> Result<SemaphorePermit<'_>, GitHubError> {
+        self.inner
+            .requests
+            .acquire()
+            .await
+            .map_err(|_closed| GitHubError::Other("the GitHub client was closed".into()))
+    }
+
     async fn get<T: DeserializeOwned>(&self, route: &str) -> Result<T, GitHubError> {
+        let _slot = self.slot().await?;
         Ok(self.inner.rest.get(route, None::<&()>).await?)
     }
 
@@ -704,11 +735,13 @@ impl GitHub {
         route: &str,
         body: &serde_json::Value,
     ) -> Result<T, GitHubError> {
+        let _slot = self.slot().await?;
         Ok(self.inner.rest.post(route, Some(body)).await?)
     }
 
     /// A `PATCH` whose answer we do not need (it is read so the connection can be reused).
     async fn patch(&self, route: &str, body: &serde_json::Value) -> Result<(), GitHubError> {
+        let _slot = self.slot().await?;
         let response = self.inner.rest._patch(route, Some(body)).await?;
         let response = octocrab::map_github_error(response).await?;
         self.inner.rest.body_to_string(response).await?;
@@ -724,7 +757,10 @@ impl GitHub {
     ) -> Result<(), GitHubError> {
         let mut params = params.to_vec();
         params.push(("per_page", PER_PAGE));
-        let mut page: Page<T> = self.inner.rest.get(route, Some(&params)).await?;
+        let mut page: Page<T> = {
+            let _slot = self.slot().await?;
+            self.inner.rest.get(route, Some(&params)).await?
+        };
         for _ in 0..MAX_PAGES {
             if visit(page.take_items()).is_break() {
                 return Ok(());
@@ -734,6 +770,7 @@ impl GitHub {
             };
             // The link is absolute; octocrab sends the token to it because its host is the
             // API's own.
+            let _slot = self.slot().await?;
             page = self.inner.rest.get(next.to_string(), None::<&()>).await?;
         }
         Err(GitHubError::Other(format!(
@@ -943,6 +980,7 @@ impl GitHub {
             Some(comment) if comment.body.as_deref() == Some(body) => comment,
             Some(comment) => {
                 let route = format!("/repos/{owner}/{name}/issues/comments/{}", comment.id);
+                let _slot = self.slot().await?;
                 let updated: WireComment = self
                     .inner
                     .rest
@@ -1050,6 +1088,7 @@ impl GitHub {
             CommentKind::Issue => format!("/repos/{owner}/{name}/issues/comments/{id}/reactions"),
             CommentKind::Review => format!("/repos/{owner}/{name}/pulls/comments/{id}/reactions"),
         };
+        let _slot = self.slot().await?;
         let response = self
             .inner
             .rest
@@ -1190,11 +1229,13 @@ impl GitHub {
                 ("per_page", PER_PAGE),
                 ("page", page_text.as_str()),
             ];
-            let wire: WireCheckRuns = self
-                .inner
-                .rest
-                .get(format!("{commit}/check-runs"), Some(&params))
-                .await?;
+            let wire: WireCheckRuns = {
+                let _slot = self.slot().await?;
+                self.inner
+                    .rest
+                    .get(format!("{commit}/check-runs"), Some(&params))
+                    .await?
+            };
             let count = wire.check_runs.len();
             checks.extend(wire.check_runs.into_iter().map(|run| {
                 let output = run.output.unwrap_or_default();
@@ -1217,11 +1258,13 @@ impl GitHub {
         for page in 1..=MAX_PAGES {
             let page_text = page.to_string();
             let params = [("per_page", PER_PAGE), ("page", page_text.as_str())];
-            let wire: WireCombinedStatus = self
-                .inner
-                .rest
-                .get(format!("{commit}/status"), Some(&params))
-                .await?;
+            let wire: WireCombinedStatus = {
+                let _slot = self.slot().await?;
+                self.inner
+                    .rest
+                    .get(format!("{commit}/status"), Some(&params))
+                    .await?
+            };
             let count = wire.statuses.len();
             checks.extend(wire.statuses.into_iter().map(|status| Check {
                 name: status.context,
@@ -1309,6 +1352,7 @@ impl GitHub {
         // GitHub answers 302 with a short-lived download URL; octocrab's redirect layer follows
         // it and drops the token if the URL is on another host.
         let route = format!("/repos/{owner}/{name}/actions/jobs/{job}/logs");
+        let _slot = self.slot().await?;
         let response = self.inner.rest._get(route.as_str()).await?;
         let response = octocrab::map_github_error(response).await?;
         let text = match self.inner.rest.body_to_string(response).await {
@@ -1333,6 +1377,7 @@ impl GitHub {
         }
         let query = "mutation($id: ID!) { markPullRequestReadyForReview(input: {pullRequestId: $id}) \
                      { pullRequest { isDraft } } }";
+        let _slot = self.slot().await?;
         let answer: serde_json::Value = self
             .inner
             .graphql
@@ -1708,6 +1753,7 @@ mod tests {
         let settings = GitHubSettings {
             api_url: Url::parse(DEFAULT_API_URL).unwrap(),
             token: Some("ghp_secret".into()),
+            concurrency: DEFAULT_CONCURRENCY,
         };
         assert!(!format!("{settings:?}").contains("ghp_secret"));
     }

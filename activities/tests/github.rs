@@ -4,14 +4,15 @@
 //! only when they can help.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::ensure;
 
 use base64::Engine as _;
 use chrono::Utc;
 use mainloop_activities::github::{
-    CheckKind, CiState, CommentKind, GitHub, GitHubError, GitHubSettings, IssueUpdate, Permission,
-    PullState,
+    CheckKind, CiState, CommentKind, DEFAULT_CONCURRENCY, GitHub, GitHubError, GitHubSettings,
+    IssueUpdate, Permission, PullState,
 };
 use mainloop_testkit::github::{self as fake_github, CiScript, FakeGitHub, ReviewState};
 use url::Url;
@@ -22,6 +23,7 @@ fn client(fake: &FakeGitHub, token: Option<String>) -> anyhow::Result<GitHub> {
     Ok(GitHub::new(GitHubSettings {
         api_url: Url::parse(&fake.base_url())?,
         token,
+        concurrency: DEFAULT_CONCURRENCY,
     })?)
 }
 
@@ -486,11 +488,51 @@ async fn errors_say_whether_a_retry_can_help() {
     let gone = GitHub::new(GitHubSettings {
         api_url: Url::parse(&format!("http://{addr}/")).unwrap(),
         token: Some("t".into()),
+        concurrency: DEFAULT_CONCURRENCY,
     })
     .unwrap();
     let error = gone.repo_access(REPO).await.unwrap_err();
     assert!(matches!(error, GitHubError::Transient(_)), "{error:?}");
     assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn no_more_requests_are_in_flight_than_the_client_allows() {
+    let fake = FakeGitHub::start().await.unwrap();
+    fake.create_repo("acme", "widgets").await.unwrap();
+    let github = GitHub::new(GitHubSettings {
+        api_url: Url::parse(&fake.base_url()).unwrap(),
+        token: Some(fake.token()),
+        concurrency: 2,
+    })
+    .unwrap();
+    let route = format!("/repos/{REPO}");
+    let holds: Vec<_> = (0..5).map(|_| fake.hold_next("GET", &route)).collect();
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let github = github.clone();
+            tokio::spawn(async move { github.repo_access(REPO).await })
+        })
+        .collect();
+    let wait = Duration::from_secs(10);
+    holds[0].arrived(wait).await.unwrap();
+    holds[1].arrived(wait).await.unwrap();
+    // Five calls are waiting, two requests are held: a third must not reach GitHub until one
+    // of them is answered.
+    let third = holds[2].arrived(Duration::from_millis(300)).await;
+    assert!(
+        third.is_err(),
+        "a third request was sent while two were in flight"
+    );
+    holds[0].release();
+    holds[2].arrived(wait).await.unwrap();
+    for hold in &holds[1..] {
+        hold.release();
+    }
+    for call in calls {
+        let access = call.await.unwrap().unwrap();
+        assert_eq!(access.full_name, REPO);
+    }
 }
 
 #[test]
@@ -503,6 +545,7 @@ fn debug_output_never_shows_the_token() {
     let github = GitHub::new(GitHubSettings {
         api_url: Url::parse("https://api.github.com/").unwrap(),
         token: Some("ghp_very_secret".into()),
+        concurrency: DEFAULT_CONCURRENCY,
     })
     .unwrap();
     let text = format!("{github:?}");

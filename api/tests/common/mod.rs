@@ -105,6 +105,7 @@ pub async fn serve_on(
                 // Nothing listens there: these tests never reach GitHub.
                 api_url: "http://127.0.0.1:9/".parse().expect("a URL"),
                 token: None,
+                concurrency: mainloop_activities::github::DEFAULT_CONCURRENCY,
             },
         )
         .expect("a GitHub client"),
