@@ -338,8 +338,7 @@ struct RecordedTaskRow {
 /// [`Store::record_task`]'s update on PostgreSQL, one statement: the row as it was (`b`, read
 /// under the row's lock) gives the status when the projection has none, keeps the first
 /// `completed_at`, clears the pending input when the status moves (the task acted on it, or
-/// moved past it), and says whether anything changed. Parameters as in the SQLite statement,
-/// without the two the old row gives.
+/// moved past it), and says whether anything changed.
 static RECORD_TASK_PG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let columns = |alias: &str, with_updated_at: bool| {
         TASK_COLUMNS
@@ -371,6 +370,20 @@ static RECORD_TASK_PG: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
         columns("t", true),
         columns("b", false),
         columns("t", false),
+    )
+});
+
+/// [`RECORD_TASK_PG`] for SQLite, whose `RETURNING` cannot name another table: the caller
+/// reads the row first and passes the status, the first `completed_at` ($19) and whether the
+/// status moved ($20); `changed` is worked out from the row read.
+static RECORD_TASK_SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET status = $1, detail = $2, error = $3, failed_phase = $4, \
+         issue_number = $5, issue_url = $6, branch = $7, pr_number = $8, pr_url = $9, \
+         questions = $10, ci_fixes = $11, updated_at = $12, completed_at = $19, \
+         pending_input = CASE WHEN $20 THEN NULL ELSE pending_input END, \
+         ci_attempts = $15, max_tokens = $16, max_cost_usd = $17, max_ci_attempts = $18 \
+         WHERE id = $13 AND user_id = $14 RETURNING {TASK_COLUMNS}, FALSE AS changed"
     )
 });
 
@@ -717,75 +730,57 @@ impl Store {
             // again. On PostgreSQL the row as it was is read by the same statement, under its
             // lock; SQLite's RETURNING cannot name another table, and its round trips are
             // calls within the process.
-            let (task, changed) = if pg {
-                let row: Option<RecordedTaskRow> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(RECORD_TASK_PG.as_str()))
-                        .bind(projection.status.map(TaskStatus::as_str))
-                        .bind(&projection.detail)
-                        .bind(&projection.error)
-                        .bind(&projection.failed_phase)
-                        .bind(projection.issue_number)
-                        .bind(&projection.issue_url)
-                        .bind(&projection.branch)
-                        .bind(projection.pr_number)
-                        .bind(&projection.pr_url)
-                        .bind(&questions)
-                        .bind(projection.ci_fixes)
-                        .bind(at)
-                        .bind(id)
-                        .bind(user)
-                        .bind(projection.ci_attempts)
-                        .bind(projection.budget.max_tokens)
-                        .bind(projection.budget.max_cost_usd)
-                        .bind(projection.budget.max_ci_attempts)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let RecordedTaskRow { task, changed } = row.ok_or(StoreError::NotFound)?;
-                (task.into_task()?, changed)
+            // SQLite reads the row first; PostgreSQL's statement takes what it needs of it.
+            let before = if pg {
+                None
             } else {
-                let before = select_task!(&mut *tx, user, id);
-                let status = projection.status.unwrap_or(before.status);
-                let completed_at = if status.is_terminal() {
-                    before.completed_at.or(Some(at))
-                } else {
-                    None
-                };
-                let row: Option<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "UPDATE tasks SET status = $1, detail = $2, error = $3, failed_phase = $4, \
-                     issue_number = $5, issue_url = $6, branch = $7, pr_number = $8, \
-                     pr_url = $9, questions = $10, ci_fixes = $11, updated_at = $12, \
-                     completed_at = $13, \
-                     pending_input = CASE WHEN $16 THEN NULL ELSE pending_input END, \
-                     ci_attempts = $17, max_tokens = $18, max_cost_usd = $19, \
-                     max_ci_attempts = $20 \
-                     WHERE id = $14 AND user_id = $15 RETURNING {TASK_COLUMNS}"
-                )))
-                .bind(status.as_str())
-                .bind(&projection.detail)
-                .bind(&projection.error)
-                .bind(&projection.failed_phase)
-                .bind(projection.issue_number)
-                .bind(&projection.issue_url)
-                .bind(&projection.branch)
-                .bind(projection.pr_number)
-                .bind(&projection.pr_url)
-                .bind(&questions)
-                .bind(projection.ci_fixes)
-                .bind(at)
-                .bind(completed_at)
-                .bind(id)
-                .bind(user)
-                // A new status means the task acted on (or moved past) the input it was given.
-                .bind(status != before.status)
-                .bind(projection.ci_attempts)
-                .bind(projection.budget.max_tokens)
-                .bind(projection.budget.max_cost_usd)
-                .bind(projection.budget.max_ci_attempts)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let task = row.ok_or(StoreError::NotFound)?.into_task()?;
-                let changed = task_changed(&before, &task);
-                (task, changed)
+                Some(select_task!(&mut *tx, user, id))
+            };
+            let status = match &before {
+                Some(before) => Some(projection.status.unwrap_or(before.status)),
+                None => projection.status,
+            };
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(if pg {
+                RECORD_TASK_PG.as_str()
+            } else {
+                RECORD_TASK_SQLITE.as_str()
+            }))
+            .bind(status.map(TaskStatus::as_str))
+            .bind(&projection.detail)
+            .bind(&projection.error)
+            .bind(&projection.failed_phase)
+            .bind(projection.issue_number)
+            .bind(&projection.issue_url)
+            .bind(&projection.branch)
+            .bind(projection.pr_number)
+            .bind(&projection.pr_url)
+            .bind(&questions)
+            .bind(projection.ci_fixes)
+            .bind(at)
+            .bind(id)
+            .bind(user)
+            .bind(projection.ci_attempts)
+            .bind(projection.budget.max_tokens)
+            .bind(projection.budget.max_cost_usd)
+            .bind(projection.budget.max_ci_attempts);
+            // SQLite's two more: the first `completed_at`, and whether the status moved (the
+            // task acted on, or moved past, the input it was given).
+            let query = match &before {
+                None => query,
+                Some(before) => query
+                    .bind(
+                        status
+                            .is_some_and(TaskStatus::is_terminal)
+                            .then(|| before.completed_at.unwrap_or(at)),
+                    )
+                    .bind(status != Some(before.status)),
+            };
+            let row: Option<RecordedTaskRow> = query.fetch_optional(&mut *tx).await?;
+            let RecordedTaskRow { task, changed } = row.ok_or(StoreError::NotFound)?;
+            let task = task.into_task()?;
+            let changed = match &before {
+                Some(before) => task_changed(before, &task),
+                None => changed,
             };
             let mut events = Vec::new();
             if changed {
