@@ -728,9 +728,8 @@ impl Store {
             // Each statement is a round trip inside the write transaction, and a task records
             // on every status: the rows changed come back with RETURNING instead of being read
             // again. On PostgreSQL the row as it was is read by the same statement, under its
-            // lock; SQLite's RETURNING cannot name another table, and its round trips are
-            // calls within the process.
-            // SQLite reads the row first; PostgreSQL's statement takes what it needs of it.
+            // lock; SQLite's RETURNING cannot name another table, so it reads the row first
+            // (its round trips are calls within the process).
             let before = if pg {
                 None
             } else {
