@@ -387,6 +387,28 @@ static RECORD_TASK_SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::ne
     )
 });
 
+/// Stores a task's input once per id; a row comes back only if it is new. Parameters: id,
+/// task, user, kind, payload, time.
+const INSERT_TASK_INPUT: &str = "INSERT INTO task_inputs \
+     (id, task_id, user_id, kind, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (id) DO NOTHING RETURNING 1";
+
+/// [`INSERT_TASK_INPUT`] on PostgreSQL, with what follows a new input in the same statement:
+/// the task's pending input and the outbox item for `$7`, the task's workflow. Data-modifying
+/// `WITH` parts always run to completion; each acts only if the input row was inserted.
+static ADD_TASK_INPUT_PG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH input AS ({INSERT_TASK_INPUT}), \
+         pending AS ( \
+           UPDATE tasks SET pending_input = $4 WHERE id = $2 AND user_id = $3 \
+           AND EXISTS (SELECT 1 FROM input)), \
+         queued AS ( \
+           INSERT INTO outbox (user_id, workflow_id, signal, payload, available_at, created_at) \
+           SELECT $3, $7, $4, $5, $6, $6 FROM input) \
+         SELECT 1 FROM input"
+    )
+});
+
 /// A task read under its row lock, with the input it has not acted on yet.
 #[derive(sqlx::FromRow)]
 struct LockedTaskRow {
@@ -941,59 +963,30 @@ impl Store {
             let payload = payload.to_string();
             let workflow_id = task_workflow_id(task_id);
             // The input is stored once per id; only a new one becomes the task's pending input
-            // and queues its signal. On PostgreSQL that is one statement.
-            let inserted = if pg {
-                let inserted: i64 = sqlx::query_scalar(
-                    "WITH input AS ( \
-                       INSERT INTO task_inputs (id, task_id, user_id, kind, payload, created_at) \
-                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING id), \
-                     pending AS ( \
-                       UPDATE tasks SET pending_input = $4 WHERE id = $2 AND user_id = $3 \
-                       AND EXISTS (SELECT 1 FROM input)), \
-                     queued AS ( \
-                       INSERT INTO outbox \
-                       (user_id, workflow_id, signal, payload, available_at, created_at) \
-                       SELECT $3, $7, $4, $5, $6, $6 FROM input) \
-                     SELECT COUNT(*) FROM input",
-                )
-                .bind(&input.id)
-                .bind(task_id)
-                .bind(user)
-                .bind(input.kind)
-                .bind(&payload)
-                .bind(at)
-                .bind(&workflow_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                inserted > 0
+            // and queues its signal: on PostgreSQL in the same statement, on SQLite after it.
+            let query = sqlx::query_scalar(sqlx::AssertSqlSafe(if pg {
+                ADD_TASK_INPUT_PG.as_str()
             } else {
-                let inserted = sqlx::query(
-                    "INSERT INTO task_inputs (id, task_id, user_id, kind, payload, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&input.id)
-                .bind(task_id)
-                .bind(user)
-                .bind(input.kind)
-                .bind(&payload)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    > 0;
-                if inserted {
-                    sqlx::query(
-                        "UPDATE tasks SET pending_input = $1 WHERE id = $2 AND user_id = $3",
-                    )
+                INSERT_TASK_INPUT
+            }))
+            .bind(&input.id)
+            .bind(task_id)
+            .bind(user)
+            .bind(input.kind)
+            .bind(&payload)
+            .bind(at);
+            let query = if pg { query.bind(&workflow_id) } else { query };
+            let inserted: Option<i32> = query.fetch_optional(&mut *tx).await?;
+            let inserted = inserted.is_some();
+            if inserted && !pg {
+                sqlx::query("UPDATE tasks SET pending_input = $1 WHERE id = $2 AND user_id = $3")
                     .bind(input.kind)
                     .bind(task_id)
                     .bind(user)
                     .execute(&mut *tx)
                     .await?;
-                    insert_outbox!(tx, user, &workflow_id, input.kind, &payload, at);
-                }
-                inserted
-            };
+                insert_outbox!(tx, user, &workflow_id, input.kind, &payload, at);
+            }
             if inserted {
                 insert_events!(
                     tx,
